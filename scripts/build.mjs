@@ -1,0 +1,49 @@
+// `npm run build`: compile native/ and bundle src/ into one directory.
+//   node scripts/build.mjs [--prefix P] [--sysconfdir S] [--node N] [--out DIR]
+// The prefix, sysconfdir and node path are compiled into the setuid front (C) and the bundle
+// (QK_BUILD), so an installed qemu-kube never takes a path from its caller. The default out dir
+// is dist/, which is also what `npx qemu-kube` runs in a clone.
+import { build } from 'esbuild'
+import { execFileSync } from 'node:child_process'
+import { chmodSync, mkdirSync } from 'node:fs'
+import { resolve } from 'node:path'
+import { parseArgs } from 'node:util'
+
+const { values: o } = parseArgs({
+  options: {
+    prefix: { type: 'string', default: '/var/lib/kubevirt/qemu-kube' },
+    sysconfdir: { type: 'string', default: '/etc/kubevirt' },
+    node: { type: 'string', default: '/usr/bin/node' },
+    out: { type: 'string', default: 'dist' },
+    'no-native': { type: 'boolean', default: false },
+  },
+})
+const root = resolve(import.meta.dirname, '..')
+const out = resolve(root, o.out)
+mkdirSync(out, { recursive: true })
+
+if (!o['no-native']) {
+  execFileSync('make', ['-s', '-C', `${root}/native`, `PREFIX=${o.prefix}`, `SYSCONFDIR=${o.sysconfdir}`, `NODE=${o.node}`, `BUILD=${out}/native`],
+    { stdio: 'inherit' })
+}
+
+const common = {
+  bundle: true,
+  platform: 'node',
+  target: 'node20',
+  format: 'cjs',
+  // koffi loads a native module from beside its own files; it is installed next to the bundle.
+  external: ['koffi'],
+  minifySyntax: true,
+  minifyWhitespace: true,
+  legalComments: 'none',
+  define: {
+    QK_BUILD: JSON.stringify({ prefix: o.prefix, sysconfdir: o.sysconfdir }),
+    'import.meta.url': '__qk_url',
+    'import.meta.dirname': '__dirname',
+  },
+  banner: { js: '#!/usr/bin/env node\nconst __qk_url = require("node:url").pathToFileURL(__filename).href;' },
+  logLevel: 'warning',
+}
+await build({ ...common, entryPoints: [`${root}/src/emulator/main.ts`], outfile: `${out}/qemu-kube.cjs` })
+chmodSync(`${out}/qemu-kube.cjs`, 0o755)

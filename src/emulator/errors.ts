@@ -1,0 +1,80 @@
+// One error class, one closed union of codes. Every refusal the emulator can make is listed
+// here with the sysexits status it maps to and a hint for the operator who reads libvirt's log.
+// Messages name the exact rule and say expected against got; they never carry token or key
+// material (callers pass only our own strings, never a foreign error's message).
+
+export const EX_USAGE = 64
+export const EX_SOFTWARE = 70
+export const EX_OSERR = 71
+export const EX_NOPERM = 77
+export const EX_CONFIG = 78
+
+const table = {
+  ERR_USAGE: [EX_USAGE, 'see `qemu-kube --help`; libvirt passes QEMU arguments, operators use subcommands'],
+  ERR_CONFIG_MISSING: [EX_CONFIG, 'create the config file (see etc/qemu-kube.conf in the release)'],
+  ERR_CONFIG_UNSAFE: [EX_CONFIG, 'the config must be owned by root and not writable by group or others: chown root: FILE && chmod 0644 FILE'],
+  ERR_CONFIG_SYNTAX: [EX_CONFIG, 'the config is qemu.conf-style `key = value` lines read as TOML; fix the line named'],
+  ERR_CONFIG_INVALID: [EX_CONFIG, 'fix the key named; `qemu-kube check-config` lists every problem'],
+  ERR_KEY_INVALID: [EX_CONFIG, 'each token_public_keys entry must be a root-owned PEM public key, JWK or JWKS file'],
+  ERR_STATE_DIR_UNSAFE: [EX_CONFIG, 'the state dir must be a root-owned directory with mode 0700'],
+  ERR_CALLER_NOT_ALLOWED: [EX_NOPERM, 'only the users/groups in allowed_callers may launch VMs; check qemu.conf `user =`'],
+  ERR_ENV_MISSING: [EX_NOPERM, 'a VM launch needs KUBEVIRT_VM_UUID, KUBEVIRT_VM_NAME and KUBEVIRT_SECRET as <qemu:env> in the domain XML'],
+  ERR_ENV_INVALID: [EX_NOPERM, 'KUBEVIRT_VM_UUID/NAME must be short printable identifiers'],
+  ERR_TOKEN_MALFORMED: [EX_NOPERM, 'KUBEVIRT_SECRET must be a compact JWS issued by `qemu-kube token issue` or KubeVirt'],
+  ERR_TOKEN_ALG_NOT_ALLOWED: [EX_NOPERM, 'the token is signed with an algorithm outside token_algorithms'],
+  ERR_TOKEN_KEY_UNKNOWN: [EX_NOPERM, 'no configured public key has the token\'s kid; add the key to token_public_keys'],
+  ERR_TOKEN_SIGNATURE: [EX_NOPERM, 'the token was not signed by any configured key; was it issued by this cluster?'],
+  ERR_TOKEN_EXPIRED: [EX_NOPERM, 'tokens live at most token_max_lifetime seconds; issue a fresh one and check node clocks (NTP)'],
+  ERR_TOKEN_NOT_YET_VALID: [EX_NOPERM, 'the token was issued in the future; check node clocks (NTP)'],
+  ERR_TOKEN_CLAIM_INVALID: [EX_NOPERM, 'the token lacks a required claim or has the wrong issuer/audience'],
+  ERR_TOKEN_LIFETIME: [EX_NOPERM, 'exp - iat exceeds token_max_lifetime; issue shorter-lived tokens'],
+  ERR_TOKEN_VM_MISMATCH: [EX_NOPERM, 'the token was issued for another VM than KUBEVIRT_VM_UUID/NAME name'],
+  ERR_TOKEN_REPLAYED: [EX_NOPERM, 'each token starts one QEMU; issue a new token for every start'],
+  ERR_TARGET_NOT_FOUND: [EX_NOPERM, 'no virt-launcher process carries this VM\'s uuid and name; is the pod running on this node?'],
+  ERR_TARGET_AMBIGUOUS: [EX_NOPERM, 'several virt-launcher processes claim this VM; delete the stale pod'],
+  ERR_TARGET_CHANGED: [EX_NOPERM, 'the virt-launcher process exited or its pid was reused during the check; retry the start'],
+  ERR_SECRET_MISSING: [EX_NOPERM, 'the pod has no token at pod_secret_path; is the Secret volume mounted?'],
+  ERR_SECRET_ESCAPE: [EX_NOPERM, 'the pod\'s secret path leads outside the pod\'s root or through a magic link'],
+  ERR_SECRET_NOT_REGULAR: [EX_NOPERM, 'the pod\'s secret path must be a regular file'],
+  ERR_SECRET_TOO_BIG: [EX_NOPERM, 'the pod\'s secret file is larger than 16 KiB'],
+  ERR_SECRET_MISMATCH: [EX_NOPERM, 'the token in the pod differs from KUBEVIRT_SECRET; was the Secret rotated?'],
+  ERR_CGROUP_JOIN: [EX_OSERR, 'the kernel refused to move qemu-kube into the pod\'s cgroup; check the path named'],
+  ERR_OS: [EX_OSERR, 'a system call failed; the message names it'],
+  ERR_INTERNAL: [EX_SOFTWARE, 'this is a bug in qemu-kube; please report it with this line'],
+} as const satisfies Record<string, readonly [number, string]>
+
+export type ErrorCode = keyof typeof table
+
+export class QkError extends Error {
+  override readonly name = 'QkError'
+  readonly code: ErrorCode
+  /** Safe, structured facts for the log line (pids, paths, keys). Never secrets. */
+  readonly details: Readonly<Record<string, unknown>>
+
+  constructor(code: ErrorCode, message: string, details: Record<string, unknown> = {}) {
+    super(message)
+    this.code = code
+    this.details = details
+  }
+
+  get exitCode(): number {
+    return table[this.code][0]
+  }
+
+  get hint(): string {
+    return table[this.code][1]
+  }
+}
+
+/** Anything thrown that is not ours is a bug; its message may hold foreign data, so drop it. */
+export function asQkError(err: unknown): QkError {
+  if (err instanceof QkError) return err
+  const kind = err instanceof Error ? err.constructor.name : typeof err
+  return new QkError('ERR_INTERNAL', `unexpected ${kind}`)
+}
+
+export function errnoOf(err: unknown): string | undefined {
+  return typeof err === 'object' && err !== null && 'code' in err && typeof err.code === 'string' ? err.code : undefined
+}
+
+export const allCodes = Object.keys(table) as ErrorCode[]

@@ -1,0 +1,93 @@
+// Entry point of the bundle. Two ways in:
+// - `@front UID GID GROUPS FDS QEMU-ARGS...`: the setuid front ran us as root for libvirt
+//   (docs/CHAIN.md). One decision line, then exec of the enter helper, or a refusal and exit.
+// - anything else: an operator command (`explain`, `check-config`, `keygen`, `token issue`),
+//   run with the caller's own credentials.
+// Only this file ends the process.
+import { classify } from './invocation.ts'
+import { loadConfig, type Config } from './config.ts'
+import { authorisedRecord, probeRecord, refusedRecord } from './decision.ts'
+import { asQkError, QkError } from './errors.ts'
+import { handOff, joinCgroups, launchPlan, probePlan } from './handoff.ts'
+import { makeLogger, type Logger } from './log.ts'
+import { CONFIG_PATH } from './paths.ts'
+import { sys } from './sys.ts'
+import { authorise, type Trail } from './verify.ts'
+import type { Caller } from './caller.ts'
+
+interface FrontFacts {
+  caller: Caller
+  fds: number[]
+  argv: string[]
+}
+
+const started = performance.now()
+
+async function emulate(args: readonly string[]): Promise<number> {
+  let log: Logger | undefined
+  const trail: Trail = {}
+  try {
+    const front = parseFront(args)
+    let config: Config
+    try {
+      config = loadConfig(CONFIG_PATH)
+    } finally {
+      log = makeLogger()
+    }
+    log.level = config.log_level
+    const inv = classify(process.env, front.argv)
+    if (inv.kind === 'probe') {
+      decide(log, probeRecord(front.caller.uid, config.probe_qemu_binary))
+      return handOff(probePlan(front.caller, config.probe_qemu_binary, inv.argv, front.fds), sys())
+    }
+    const a = await authorise(inv, { config, caller: front.caller, now: () => new Date(), ops: sys(), consume: true }, trail)
+    joinCgroups(a)
+    decide(log, authorisedRecord(a))
+    return handOff(launchPlan(a, front.fds), sys())
+  } catch (e) {
+    const err = asQkError(e)
+    decide(log ?? makeLogger(), refusedRecord(err, trail))
+    return err.exitCode
+  }
+}
+
+function decide(log: Logger, record: ReturnType<typeof authorisedRecord>): void {
+  const durationMs = Math.round((performance.now() - started) * 100) / 100
+  const fields = { ...record, durationMs }
+  if (record.outcome === 'refused') log.error(fields, 'decision')
+  else log.info(fields, 'decision')
+}
+
+const DECIMAL = /^(0|[1-9]\d{0,9})$/
+
+/** The front wrote these; a mismatch means a broken install, not a hostile caller. */
+function parseFront(args: readonly string[]): FrontFacts {
+  const [uid, gid, groups, fds, ...argv] = args
+  const list = (s: string | undefined, what: string) => {
+    if (s === undefined) throw new QkError('ERR_USAGE', `@front: missing ${what}`)
+    if (s === '-' || s === '') return []
+    const parts = s.split(',')
+    if (!parts.every((p) => DECIMAL.test(p))) throw new QkError('ERR_USAGE', `@front: bad ${what}`)
+    return parts.map(Number)
+  }
+  const [u] = list(uid, 'uid')
+  const [g] = list(gid, 'gid')
+  if (u === undefined || g === undefined) throw new QkError('ERR_USAGE', '@front: bad uid/gid')
+  return { caller: { uid: u, gid: g, groups: list(groups, 'groups') }, fds: list(fds, 'fds'), argv }
+}
+
+async function main(): Promise<number> {
+  const args = process.argv.slice(2)
+  if (args[0] === '@front') return emulate(args.slice(1))
+  const { runCli } = await import('./cli.ts')
+  return runCli(args)
+}
+
+main().then(
+  (code) => process.exit(code),
+  (e: unknown) => {
+    const err = asQkError(e)
+    process.stderr.write(`${JSON.stringify({ level: 'error', code: err.code, msg: err.message, hint: err.hint })}\n`)
+    process.exit(err.exitCode)
+  },
+)

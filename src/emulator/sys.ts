@@ -1,0 +1,74 @@
+// The few Linux system calls Node does not expose, bound with koffi. Loaded only on the paths
+// that touch the kernel (never by `check-config` or the unit tests of pure stages).
+// Syscall numbers 424/434/437 are the same on every architecture Linux added them to after 5.1.
+import { createRequire } from 'node:module'
+import { QkError } from './errors.ts'
+
+const SYS_pidfd_send_signal = 424
+const SYS_pidfd_open = 434
+const SYS_openat2 = 437
+
+// Node's fs.constants lacks O_PATH (asm-generic value, x86_64 and arm64 alike). Node adds
+// O_CLOEXEC to every open itself, so it is never spelled out in this code base.
+export const O_PATH = 0o10000000
+export const RESOLVE_NO_MAGICLINKS = 0x02
+export const RESOLVE_IN_ROOT = 0x10
+const F_GETFD = 1
+const F_SETFD = 2
+
+export interface Sys {
+  pidfdOpen(pid: number): number
+  /** 0 while the pinned process lives; otherwise the errno (ESRCH once it has exited). */
+  pidfdSignalZero(pidfd: number): number
+  /** Returns the fd, or -errno. */
+  openat2(dirfd: number, path: string, flags: number, resolve: number): number
+  clearCloexec(fd: number): void
+  execve(path: string, argv: readonly string[], env: readonly string[]): never
+}
+
+let cached: Sys | undefined
+
+export function sys(): Sys {
+  cached ??= bind()
+  return cached
+}
+
+function bind(): Sys {
+  // createRequire keeps koffi outside the bundle: its native module is installed beside it.
+  const koffi = createRequire(import.meta.url)('koffi') as typeof import('koffi')
+  const libc = koffi.load('libc.so.6')
+  const syscall = libc.func('long syscall(long, ...)')
+  const fcntl = libc.func('int fcntl(int, int, int)')
+  const execve = libc.func('int execve(const char *, const char **, const char **)')
+  const openHow = koffi.struct('qk_open_how', { flags: 'uint64', mode: 'uint64', resolve: 'uint64' })
+  const howSize = koffi.sizeof(openHow)
+
+  const fail = (call: string): never => {
+    throw new QkError('ERR_OS', `${call} failed: errno ${koffi.errno()}`, { syscall: call, errno: koffi.errno() })
+  }
+
+  return {
+    pidfdOpen(pid) {
+      const fd = Number(syscall(SYS_pidfd_open, 'int', pid, 'uint', 0))
+      return fd >= 0 ? fd : -koffi.errno()
+    },
+    pidfdSignalZero(pidfd) {
+      const r = Number(syscall(SYS_pidfd_send_signal, 'int', pidfd, 'int', 0, 'void *', null, 'uint', 0))
+      return r === 0 ? 0 : koffi.errno()
+    },
+    openat2(dirfd, path, flags, resolve) {
+      const how = { flags, mode: 0, resolve }
+      const fd = Number(syscall(SYS_openat2, 'int', dirfd, 'str', path, 'qk_open_how *', how, 'size_t', howSize))
+      return fd >= 0 ? fd : -koffi.errno()
+    },
+    clearCloexec(fd) {
+      const flags = fcntl(fd, F_GETFD, 0) as number
+      if (flags < 0) fail(`fcntl(${fd}, F_GETFD)`)
+      if (fcntl(fd, F_SETFD, flags & ~1) < 0) fail(`fcntl(${fd}, F_SETFD)`)
+    },
+    execve(path, argv, env) {
+      execve(path, [...argv, null], [...env, null])
+      return fail(`execve(${path})`)
+    },
+  }
+}

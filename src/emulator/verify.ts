@@ -1,0 +1,110 @@
+// The verification pipeline: from one libvirt invocation to an Authorized launch, or a refusal.
+// Read it top to bottom; each step is one file. The order is deliberate:
+//   1. caller     cheapest, and a stranger learns nothing about pods from a refusal
+//   2. token      pure crypto on what the caller sent; a forged token never makes root look
+//                 into any pod's /proc or files
+//   3. target     the one launcher process for this VM, by scanning /proc
+//   4. pin        pidfd + start time: every later read is provably from that process
+//   5. secret     the same token inside the pod's mount namespace (re-pinned after the read)
+//   6. cgroups    where the pod is accounted (re-pinned after the read)
+//   7. replay     record the jti last, so a refused launch never burns a valid token
+import { readFileSync } from 'node:fs'
+import { checkCaller, qemuCredentials, type Caller, type Credentials, type IdFiles } from './caller.ts'
+import { planJoins, type CgroupJoin } from './cgroup.ts'
+import type { Config, Namespace } from './config.ts'
+import { QkError } from './errors.ts'
+import type { Invocation, Vm } from './invocation.ts'
+import { loadKeys } from './keys.ts'
+import { pin, readPinned, recheck, type PidfdOps, type Pinned } from './pin.ts'
+import { checkNotReplayed, recordOnce } from './replay.ts'
+import { readPodSecret, secretMatches, type Openat2 } from './secret.ts'
+import { findTarget } from './target.ts'
+import { verifyToken } from './token.ts'
+import type { FileMeta } from './trusted-file.ts'
+
+export interface VerifyContext {
+  config: Config
+  caller: Caller
+  now: () => Date
+  ops: PidfdOps & Openat2
+  /** false for `explain`: look, but do not record the jti. */
+  consume: boolean
+  idFiles?: IdFiles
+  keyMeta?: FileMeta
+}
+
+declare const authorized: unique symbol
+
+/** The only value the code that touches the kernel accepts; made here and nowhere else. */
+export type Authorized = {
+  readonly vm: Vm
+  readonly caller: Caller
+  readonly runAs: Credentials
+  readonly target: Pinned
+  readonly jti: string
+  readonly exp: number
+  readonly namespaces: readonly Namespace[]
+  readonly cgroups: readonly CgroupJoin[]
+  readonly qemu: { readonly path: string; readonly from: 'pod' | 'host'; readonly argv: readonly string[] }
+} & { readonly [authorized]: true }
+
+/** What was learned so far; the decision line reports it whether the launch is allowed or not. */
+export interface Trail {
+  vm?: Vm
+  kid?: string
+  jti?: string
+  target?: { pid: number; startTime: string }
+}
+
+type Launch = Extract<Invocation, { kind: 'launch' }>
+
+export async function authorise(inv: Launch, ctx: VerifyContext, trail: Trail): Promise<Authorized> {
+  const cfg = ctx.config
+  trail.vm = inv.vm
+
+  checkCaller(ctx.caller, cfg, ctx.idFiles)
+  const runAs = qemuCredentials(ctx.caller, cfg, ctx.idFiles)
+
+  const token = await verifyToken(inv.token, inv.vm, policyOf(cfg, ctx.keyMeta), ctx.now())
+  trail.kid = token.kid
+  trail.jti = token.jti
+
+  const found = findTarget({ procRoot: cfg.proc_root, launcherName: cfg.launcher_name, ...inv.vm })
+  trail.target = found
+  const target = pin(found, cfg.proc_root, ctx.ops)
+
+  const podCopy = readPodSecret(cfg.proc_root, target.pid, cfg.pod_secret_path, ctx.ops)
+  recheck(target, ctx.ops)
+  if (!secretMatches(podCopy, inv.token)) {
+    throw new QkError('ERR_SECRET_MISMATCH', `the token at ${cfg.pod_secret_path} in pid ${target.pid}'s root differs from KUBEVIRT_SECRET`,
+      { pid: target.pid })
+  }
+
+  const cgroups = planJoins(readPinned(target, 'cgroup', ctx.ops), readFileSync(`${cfg.proc_root}/self/mountinfo`, 'utf8'), cfg.cgroup_root)
+
+  if (ctx.consume) recordOnce(cfg.state_dir, token, ctx.now(), cfg.token_clock_tolerance)
+  else checkNotReplayed(cfg.state_dir, token.jti)
+
+  return {
+    vm: inv.vm,
+    caller: ctx.caller,
+    runAs,
+    target,
+    jti: token.jti,
+    exp: token.exp,
+    namespaces: cfg.namespaces,
+    cgroups,
+    qemu: { path: cfg.qemu_binary, from: cfg.qemu_binary_from, argv: inv.argv },
+  } as unknown as Authorized
+}
+
+function policyOf(cfg: Config, keyMeta?: FileMeta) {
+  return {
+    issuer: cfg.token_issuer,
+    audience: cfg.token_audience,
+    algorithms: cfg.token_algorithms,
+    maxLifetime: cfg.token_max_lifetime,
+    clockTolerance: cfg.token_clock_tolerance,
+    keys: loadKeys(cfg.token_public_keys, keyMeta),
+  }
+}
