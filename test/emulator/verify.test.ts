@@ -1,0 +1,86 @@
+// The whole pipeline on a fake /proc with generated keys and a frozen clock: one authorised
+// launch, and the trail each refusal leaves for the decision line.
+import t, { type Test } from 'tap'
+import { existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs'
+import { schema } from '../../src/emulator/config.ts'
+import { sys } from '../../src/emulator/sys.ts'
+import { authorise, type Trail } from '../../src/emulator/verify.ts'
+import { fakeOps, fakeProc, launcher } from '../helpers/fakeproc.ts'
+import { NOW, VM, rsaKey, sign, tempDir, writeKey } from '../helpers/tokens.ts'
+
+const key = await rsaKey()
+const CALLER = { uid: 64055, gid: 994, groups: [] }
+const SECRET = '/var/run/kubevirt/qemu-kube/token'
+
+async function setup(t: Test, opts: { podToken?: string; pods?: number; dead?: boolean } = {}) {
+  const dir = tempDir(t)
+  const token = await sign(key)
+  const podRoot = `${dir}/podroot`
+  mkdirSync(`${podRoot}/var/run/kubevirt/qemu-kube`, { recursive: true })
+  writeFileSync(`${podRoot}${SECRET}`, `${opts.podToken ?? token}\n`)
+  const pods = Array.from({ length: opts.pods ?? 1 }, (_, i) => launcher(500 + i, VM.uuid, VM.name, { root: podRoot }))
+  const procRoot = fakeProc(t, [{ pid: 1, argv: ['/sbin/init'] }, ...pods])
+  writeFileSync(`${dir}/passwd`, 'libvirt-qemu:x:64055:994::/:/bin/false\n')
+  writeFileSync(`${dir}/group`, 'kvm:x:994:\n')
+  const config = schema.parse({
+    proc_root: procRoot,
+    token_public_keys: [writeKey(dir, 'k.pem', key.pem)],
+    state_dir: `${dir}/state`,
+  })
+  const ctx = {
+    config,
+    caller: CALLER,
+    now: () => NOW,
+    ops: { ...fakeOps(opts.dead ? { dead: new Set([500]) } : {}), openat2: sys().openat2 },
+    consume: true,
+    idFiles: { passwd: `${dir}/passwd`, group: `${dir}/group` },
+    keyMeta: (_: string, m: { isFile: boolean; mode: number }) => ({ ...m, uid: 0 }),
+  }
+  const inv = { kind: 'launch' as const, vm: VM, token, argv: ['-name', 'guest=testvm'] }
+  return { ctx, inv, dir }
+}
+
+t.test('an authorised launch names the pod, its namespaces and cgroups', async (t) => {
+  const { ctx, inv, dir } = await setup(t)
+  const trail: Trail = {}
+  const a = await authorise(inv, ctx, trail)
+  t.equal(a.target.pid, 500)
+  t.same(a.runAs, CALLER)
+  t.same(a.namespaces, ['mnt', 'net', 'ipc', 'uts', 'cgroup'])
+  t.same(a.cgroups.map((c) => c.dir), ['/sys/fs/cgroup/memory/pods/a', '/sys/fs/cgroup/cpu,cpuacct/pods/a', '/sys/fs/cgroup/systemd/pods/a', '/sys/fs/cgroup/unified/pods/a'])
+  t.same(a.qemu, { path: '/usr/bin/qemu-system-x86_64', from: 'pod', argv: inv.argv })
+  t.same(trail, { vm: VM, kid: 'k', jti: 'jti-1', target: { pid: 500, startTime: '1500' } })
+  t.equal(readdirSync(`${dir}/state`).length, 1, 'the jti is recorded')
+  await t.rejects(authorise(inv, ctx, {}), { code: 'ERR_TOKEN_REPLAYED' })
+})
+
+t.test('explain (consume: false) records nothing', async (t) => {
+  const { ctx, inv, dir } = await setup(t)
+  await authorise(inv, { ...ctx, consume: false }, {})
+  await authorise(inv, { ...ctx, consume: false }, {})
+  t.notOk(existsSync(`${dir}/state`), 'not even the state dir is made')
+})
+
+t.test('refusals stop the pipeline where they happen and leave a trail', async (t) => {
+  {
+    const { ctx, inv } = await setup(t, { podToken: 'x.y.z' })
+    const trail: Trail = {}
+    await t.rejects(authorise(inv, ctx, trail), { code: 'ERR_SECRET_MISMATCH' })
+    t.equal(trail.target?.pid, 500)
+  }
+  {
+    const { ctx, inv } = await setup(t, { pods: 2 })
+    await t.rejects(authorise(inv, ctx, {}), { code: 'ERR_TARGET_AMBIGUOUS' })
+  }
+  {
+    const { ctx, inv } = await setup(t, { dead: true })
+    await t.rejects(authorise(inv, ctx, {}), { code: 'ERR_TARGET_CHANGED' })
+  }
+  {
+    const { ctx, inv } = await setup(t)
+    const trail: Trail = {}
+    await t.rejects(authorise({ ...inv, token: await sign(key, { sub: 'x' }) }, ctx, trail), { code: 'ERR_TOKEN_VM_MISMATCH' })
+    t.same(trail, { vm: VM }, 'a bad token never reaches /proc')
+    await t.rejects(authorise(inv, { ...ctx, caller: { uid: 1, gid: 1, groups: [] } }, {}), { code: 'ERR_CALLER_NOT_ALLOWED' })
+  }
+})
