@@ -5,7 +5,7 @@
 // is dist/, which is also what `npx qemu-kube` runs in a clone.
 import { build } from 'esbuild'
 import { execFileSync } from 'node:child_process'
-import { chmodSync, mkdirSync } from 'node:fs'
+import { chmodSync, mkdirSync, writeFileSync } from 'node:fs'
 import { resolve } from 'node:path'
 import { parseArgs } from 'node:util'
 
@@ -47,3 +47,8 @@ const common = {
 }
 await build({ ...common, entryPoints: [`${root}/src/emulator/main.ts`], outfile: `${out}/qemu-kube.cjs` })
 chmodSync(`${out}/qemu-kube.cjs`, 0o755)
+await build({ ...common, entryPoints: [`${root}/src/launcher/main.ts`], outfile: `${out}/virt-launcher.cjs` })
+// qemu-kube finds the pod by argv[0] == virt-launcher, so Node must run under that name.
+writeFileSync(`${out}/virt-launcher`, `#!/bin/bash
+exec -a virt-launcher ${o.node} --no-warnings "$(dirname "$(readlink -f "$0")")/virt-launcher.cjs" "$@"
+`, { mode: 0o755 })
