@@ -1,0 +1,467 @@
+/*
+ * qemu-kube front: the setuid-root file that libvirt's <emulator> names.
+ *
+ * Why this part is C and not Node (see DESIGN.md "The process chain"):
+ *  - A setuid Node in secure mode still honours NODE_V8_COVERAGE (root then creates a directory
+ *    the caller chose), NODE_DEBUG and UV_USE_IO_URING. So Node is never setuid: this front wipes
+ *    the environment first and execs Node with paths fixed at build time.
+ *  - Node marks the inherited fds 0..15 (and upward to the first gap) close-on-exec at startup.
+ *    libvirt passes its pidfile (fd 5) and QMP monitor (e.g. fd 28) pre-opened, so the fd list
+ *    has to be recorded here, before Node runs, and handed to Node on its command line.
+ *
+ * Order (docs/CHAIN.md section 1): make 0,1,2 exist; record fds; record real ids; wipe the
+ * environment; check that every file we are about to trust is root-controlled; then either
+ * become fully root (emulator mode) or drop to the caller for good (operator mode) and exec Node.
+ *
+ * Everything the caller controls (argv, env, fds, cwd, umask, rlimits) is hostile. This file
+ * makes no NSS calls (the node's libc is unknown); it only deals in numbers.
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <limits.h>
+#include <linux/magic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#if !defined(QK_NODE) || !defined(QK_BUNDLE) || !defined(QK_ENTER) || !defined(QK_KOFFI_NODE) || \
+    !defined(QK_CONFIG)
+#error "build with -DQK_NODE=... -DQK_BUNDLE=... -DQK_ENTER=... -DQK_KOFFI_NODE=... -DQK_CONFIG=... (see native/Makefile)"
+#endif
+
+#define EX_USAGE 64
+#define EX_OSERR 71
+#define MAX_FDS 1024
+#define SAFE_PATH "/usr/sbin:/usr/bin:/sbin:/bin"
+#define MAX_SYMLINKS 40
+
+static void json_str(const char *s)
+{
+	for (; *s; s++) {
+		unsigned char c = (unsigned char)*s;
+		if (c == '"' || c == '\\')
+			fprintf(stderr, "\\%c", c);
+		else if (c < 0x20 || c == 0x7f)
+			fprintf(stderr, "\\u%04x", c);
+		else
+			fputc(c, stderr);
+	}
+}
+
+/* One JSON line on stderr (it lands in libvirt's domain log), then exit. */
+static _Noreturn void die(int status, const char *code, const char *msg, const char *hint)
+{
+	fputs("{\"level\":\"error\",\"code\":\"", stderr);
+	json_str(code);
+	fputs("\",\"msg\":\"", stderr);
+	json_str(msg);
+	fputs("\",\"hint\":\"", stderr);
+	json_str(hint);
+	fputs("\"}\n", stderr);
+	fflush(stderr);
+	exit(status);
+}
+
+/* A failed system call: "<what>: <strerror>", exit 71. */
+static _Noreturn void bail(const char *code, const char *what, const char *hint)
+{
+	char msg[PATH_MAX + 256];
+	snprintf(msg, sizeof(msg), "%s: %s", what, strerror(errno));
+	die(EX_OSERR, code, msg, hint);
+}
+
+/* ---- (a) fds 0, 1, 2 --------------------------------------------------------------------- */
+
+/*
+ * A closed 0/1/2 would be taken by the next open() and a later write to "stderr" would land in
+ * whatever that is. /dev/null without O_CLOEXEC: these fds belong to the caller's set from now on.
+ */
+static void ensure_stdio(void)
+{
+	for (int fd = 0; fd <= 2; fd++) {
+		if (fcntl(fd, F_GETFD) != -1)
+			continue;
+		if (errno != EBADF)
+			bail("ERR_FRONT_STDIO", "fcntl(F_GETFD) on 0..2", "");
+		int n = open("/dev/null", O_RDWR);
+		if (n != fd) /* stderr may be the closed one: nothing useful can be printed */
+			_exit(EX_OSERR);
+	}
+}
+
+/* ---- (b) the inherited fd list ------------------------------------------------------------ */
+
+static int cmp_int(const void *a, const void *b)
+{
+	int x = *(const int *)a, y = *(const int *)b;
+	return (x > y) - (x < y);
+}
+
+/* Strict decimal, no sign, no leading zeros, fits an int. */
+static int parse_fd(const char *s, int *out)
+{
+	long v = 0;
+	if (*s == '\0' || (s[0] == '0' && s[1] != '\0'))
+		return -1;
+	for (; *s; s++) {
+		if (*s < '0' || *s > '9')
+			return -1;
+		v = v * 10 + (*s - '0');
+		if (v > INT_MAX)
+			return -1;
+	}
+	*out = (int)v;
+	return 0;
+}
+
+/*
+ * Runs before anything else is opened, so the list is exactly what the caller passed (plus any
+ * /dev/null from ensure_stdio). /proc must really be procfs: its listing is what we trust.
+ */
+static size_t record_fds(int *fds)
+{
+	int dfd = open("/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dfd < 0)
+		bail("ERR_FRONT_FDS", "open /proc/self/fd", "mount procfs on /proc");
+	struct statfs sfs;
+	if (fstatfs(dfd, &sfs) != 0)
+		bail("ERR_FRONT_FDS", "fstatfs /proc/self/fd", "");
+	if (sfs.f_type != PROC_SUPER_MAGIC) {
+		errno = EXDEV;
+		bail("ERR_FRONT_FDS", "/proc is not procfs", "mount procfs on /proc");
+	}
+	DIR *d = fdopendir(dfd);
+	if (d == NULL)
+		bail("ERR_FRONT_FDS", "fdopendir /proc/self/fd", "");
+	size_t n = 0;
+	struct dirent *e;
+	errno = 0;
+	while ((e = readdir(d)) != NULL) {
+		int fd;
+		if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+			continue;
+		if (parse_fd(e->d_name, &fd) != 0) {
+			errno = EINVAL;
+			bail("ERR_FRONT_FDS", "unexpected entry in /proc/self/fd", "");
+		}
+		if (fd == dfd)
+			continue;
+		if (n == MAX_FDS) {
+			errno = EMFILE;
+			bail("ERR_FRONT_FDS", "more than 1024 inherited fds", "the caller passes too many fds");
+		}
+		fds[n++] = fd;
+		errno = 0;
+	}
+	if (errno != 0)
+		bail("ERR_FRONT_FDS", "readdir /proc/self/fd", "");
+	if (closedir(d) != 0)
+		bail("ERR_FRONT_FDS", "closedir /proc/self/fd", "");
+	qsort(fds, n, sizeof(*fds), cmp_int);
+	return n;
+}
+
+/* ---- (e) trusted paths ---------------------------------------------------------------------- */
+
+/*
+ * Symlinks: followed, but never trusted blindly. Each path is walked one component at a time
+ * with openat(O_PATH|O_NOFOLLOW) from "/": every directory we pass through (also those reached
+ * through a symlink, also "..") must be root-owned and not writable by group/others unless it is
+ * sticky; every symlink on the way must be root-owned (in a sticky directory such as /tmp only
+ * the owner can replace it); the final file must be a root-owned regular file not writable by
+ * group/others. Since only root can change any step, the path names the same file when Node
+ * and the helper open it by name later. Writable ACL entries show up in the group bits (mask).
+ */
+static _Noreturn void unsafe(const char *path, const char *why)
+{
+	char msg[2 * PATH_MAX + 256];
+	snprintf(msg, sizeof(msg), "%s: %s", path, why);
+	die(EX_OSERR, "ERR_FRONT_UNSAFE_PATH", msg,
+	    "every file qemu-kube trusts and each directory above it must be root-owned and not "
+	    "writable by group or others; reinstall with scripts/install.sh");
+}
+
+static void check_owner_mode(const char *shown, const struct stat *st, int allow_sticky)
+{
+	char why[128];
+	if (st->st_uid != 0) {
+		snprintf(why, sizeof(why), "owned by uid %u, not root", (unsigned)st->st_uid);
+		unsafe(shown, why);
+	}
+	if ((st->st_mode & (S_IWGRP | S_IWOTH)) && !(allow_sticky && (st->st_mode & S_ISVTX))) {
+		snprintf(why, sizeof(why), "mode %04o is writable by group or others",
+			 (unsigned)(st->st_mode & 07777));
+		unsafe(shown, why);
+	}
+}
+
+/* Returns 0 when safe, -1 when the final component does not exist and missing_ok is set. */
+static int check_path(const char *path, int missing_ok)
+{
+	char todo[2 * PATH_MAX], shown[2 * PATH_MAX], link[PATH_MAX];
+	int links = 0;
+	struct stat st;
+
+	if (path[0] != '/' || strlen(path) >= PATH_MAX)
+		unsafe(path, "not an absolute path");
+	snprintf(todo, sizeof(todo), "%s", path);
+	int dir = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
+	if (dir < 0 || fstat(dir, &st) != 0)
+		bail("ERR_FRONT_UNSAFE_PATH", "open /", "");
+	check_owner_mode("/", &st, 1);
+	snprintf(shown, sizeof(shown), "/");
+
+	char *rest = todo;
+	for (;;) {
+		while (*rest == '/')
+			rest++;
+		if (*rest == '\0')
+			unsafe(path, "does not name a file");
+		char *name = rest;
+		rest += strcspn(rest, "/");
+		int last = 1;
+		if (*rest == '/') {
+			*rest++ = '\0';
+			last = strspn(rest, "/") == strlen(rest);
+		}
+		size_t sl = strlen(shown);
+		if ((size_t)snprintf(shown + sl, sizeof(shown) - sl, "%s%s", sl > 1 ? "/" : "", name) >=
+		    sizeof(shown) - sl)
+			unsafe(path, "path too long after following symlinks");
+
+		int fd = openat(dir, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+		if (fd < 0) {
+			/* Only root could create what is missing: every directory above was checked. */
+			if (errno == ENOENT && missing_ok) {
+				close(dir);
+				return -1;
+			}
+			snprintf(link, sizeof(link), "open: %s", strerror(errno));
+			unsafe(shown, link);
+		}
+		if (fstat(fd, &st) != 0)
+			bail("ERR_FRONT_UNSAFE_PATH", "fstat", "");
+
+		if (S_ISLNK(st.st_mode)) {
+			/* A symlink's own mode is always 0777 and means nothing; its owner does. */
+			if (st.st_uid != 0)
+				unsafe(shown, "symlink not owned by root");
+			if (++links > MAX_SYMLINKS)
+				unsafe(path, "too many levels of symbolic links");
+			ssize_t n = readlinkat(fd, "", link, sizeof(link) - 1);
+			if (n < 0)
+				bail("ERR_FRONT_UNSAFE_PATH", "readlinkat", "");
+			link[n] = '\0';
+			close(fd);
+			/* Continue with the link's target followed by what was left of the path. */
+			char next[2 * PATH_MAX];
+			if ((size_t)snprintf(next, sizeof(next), "%s/%s", link, rest) >= sizeof(next))
+				unsafe(path, "path too long after following symlinks");
+			memcpy(todo, next, sizeof(todo));
+			rest = todo;
+			if (link[0] == '/') {
+				close(dir);
+				dir = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
+				if (dir < 0)
+					bail("ERR_FRONT_UNSAFE_PATH", "open /", "");
+				snprintf(shown, sizeof(shown), "/");
+			} else {
+				*strrchr(shown, '/') = '\0';
+				if (shown[0] == '\0')
+					snprintf(shown, sizeof(shown), "/");
+			}
+			continue;
+		}
+		if (last) {
+			if (!S_ISREG(st.st_mode))
+				unsafe(shown, "not a regular file");
+			check_owner_mode(shown, &st, 0);
+			close(fd);
+			close(dir);
+			return 0;
+		}
+		if (!S_ISDIR(st.st_mode))
+			unsafe(shown, "not a directory");
+		check_owner_mode(shown, &st, 1);
+		close(dir);
+		dir = fd;
+	}
+}
+
+/* ---- helpers for the exec argv ---------------------------------------------------------------- */
+
+static char *join_ids(const unsigned *ids, size_t n)
+{
+	if (n == 0)
+		return strdup("-");
+	char *s = malloc(n * 11 + 1);
+	if (s == NULL)
+		return NULL;
+	size_t off = 0;
+	for (size_t i = 0; i < n; i++)
+		off += (size_t)sprintf(s + off, "%s%u", i ? "," : "", ids[i]);
+	return s;
+}
+
+static _Noreturn void exec_node(char **argv)
+{
+	execv(QK_NODE, argv);
+	bail("ERR_FRONT_EXEC", "execv " QK_NODE, "is Node installed at the path qemu-kube was built for?");
+}
+
+int main(int argc, char **argv)
+{
+	static int fds[MAX_FDS];
+
+	if (argc < 1 || argv[0] == NULL)
+		die(EX_USAGE, "ERR_FRONT_USAGE", "empty argv", "run qemu-kube with an argv[0]");
+
+	/* (a) first: every later message goes to fd 2, every later open takes the lowest free fd. */
+	ensure_stdio();
+
+	/* (b) before anything else is opened, so the list is only what the caller handed us. */
+	size_t nfds = record_fds(fds);
+
+	/* (c) the real ids are the caller's: QEMU runs as them, Node checks them against the config. */
+	uid_t ruid, euid, suid;
+	gid_t rgid, egid, sgid;
+	if (getresuid(&ruid, &euid, &suid) != 0 || getresgid(&rgid, &egid, &sgid) != 0)
+		bail("ERR_FRONT_CREDS", "getresuid/getresgid", "");
+	int ngroups = getgroups(0, NULL);
+	if (ngroups < 0)
+		bail("ERR_FRONT_CREDS", "getgroups", "");
+	gid_t *groups = calloc((size_t)ngroups + 1, sizeof(gid_t));
+	if (groups == NULL)
+		bail("ERR_FRONT_CREDS", "calloc", "");
+	ngroups = getgroups(ngroups, groups);
+	if (ngroups < 0)
+		bail("ERR_FRONT_CREDS", "getgroups", "");
+
+	/*
+	 * (d) Wipe the environment before anything can consult it (Node, the dynamic loader of Node,
+	 * libc locale code). Only the three variables libvirt's <qemu:env> sets survive; their values
+	 * are copied first because clearenv() drops the array that points at them.
+	 */
+	static const char *const keep[] = {"KUBEVIRT_VM_UUID", "KUBEVIRT_VM_NAME", "KUBEVIRT_SECRET"};
+	char *kept[3];
+	for (size_t i = 0; i < 3; i++) {
+		const char *v = getenv(keep[i]);
+		kept[i] = NULL;
+		if (v != NULL && (kept[i] = strdup(v)) == NULL)
+			bail("ERR_FRONT_ENV", "strdup", "");
+	}
+	if (clearenv() != 0)
+		bail("ERR_FRONT_ENV", "clearenv", "");
+	for (size_t i = 0; i < 3; i++)
+		if (kept[i] != NULL && setenv(keep[i], kept[i], 1) != 0)
+			bail("ERR_FRONT_ENV", "setenv", "");
+	if (setenv("PATH", SAFE_PATH, 1) != 0)
+		bail("ERR_FRONT_ENV", "setenv PATH", "");
+
+	/*
+	 * (e) Everything we hand control to, as root, must be something only root can have changed.
+	 * The config may be missing (Node reports that with its own code, exit 78); if it exists it
+	 * must pass the same checks, and its directories must, so nobody else can create it later.
+	 */
+	check_path(QK_NODE, 0);
+	check_path(QK_BUNDLE, 0);
+	check_path(QK_ENTER, 0);
+	check_path(QK_KOFFI_NODE, 0);
+	check_path(QK_CONFIG, 1);
+
+	/*
+	 * "@front" is how this program tells Node it ran us as root for libvirt; a caller must not
+	 * be able to hand Node that marker with facts of its own choosing, even unprivileged.
+	 */
+	if (argc >= 2 && argv[1][0] == '@')
+		die(EX_USAGE, "ERR_FRONT_USAGE", "arguments starting with '@' are reserved",
+		    "run `qemu-kube help` for the operator commands");
+
+	/* (f) Operator mode: argv[1] is a subcommand such as `explain`. */
+	if (argc >= 2 && argv[1][0] != '-') {
+		/*
+		 * Irreversible: drop to the caller for good. Groups and gid first, while euid is 0.
+		 * Without euid 0 (a build that is not installed setuid) there is nothing to drop and
+		 * setgroups would fail; setres[ug]id to the real ids is always allowed.
+		 */
+		if (geteuid() == 0 && setgroups((size_t)ngroups, groups) != 0)
+			bail("ERR_FRONT_DROP", "setgroups", "");
+		if (setresgid(rgid, rgid, rgid) != 0)
+			bail("ERR_FRONT_DROP", "setresgid", "");
+		if (setresuid(ruid, ruid, ruid) != 0)
+			bail("ERR_FRONT_DROP", "setresuid", "");
+		if (ruid != 0 && (setresuid(0, 0, 0) == 0 || setuid(0) == 0 || geteuid() == 0)) {
+			errno = EPERM;
+			bail("ERR_FRONT_DROP", "root could be regained after dropping privileges", "");
+		}
+		if (rgid != 0 && ruid != 0 && setresgid(0, 0, 0) == 0) {
+			errno = EPERM;
+			bail("ERR_FRONT_DROP", "gid 0 could be regained after dropping privileges", "");
+		}
+		char **nargv = calloc((size_t)argc + 3, sizeof(char *));
+		if (nargv == NULL)
+			bail("ERR_FRONT_EXEC", "calloc", "");
+		nargv[0] = (char *)QK_NODE;
+		nargv[1] = (char *)"--no-warnings";
+		nargv[2] = (char *)QK_BUNDLE;
+		for (int i = 1; i < argc; i++)
+			nargv[i + 2] = argv[i];
+		exec_node(nargv);
+	}
+
+	/*
+	 * Emulator mode. Node will hold the token, the pod secret and the verification keys in
+	 * memory as root. With ruid == euid == 0 after the exec below the kernel marks Node dumpable
+	 * again, and the caller chose RLIMIT_CORE and our cwd: a crash would write those secrets
+	 * into a root-owned core file in a directory the caller picked. So no core dumps, and the
+	 * hard limit too, so nothing down the chain can raise it without privilege.
+	 */
+	struct rlimit nocore = {0, 0};
+	if (setrlimit(RLIMIT_CORE, &nocore) != 0)
+		bail("ERR_FRONT_RLIMIT", "setrlimit(RLIMIT_CORE, 0)", "");
+
+	char *s_uid = malloc(16), *s_gid = malloc(16);
+	unsigned fdv[MAX_FDS];
+	for (size_t i = 0; i < nfds; i++)
+		fdv[i] = (unsigned)fds[i];
+	char *s_groups = join_ids((const unsigned *)groups, (size_t)ngroups);
+	char *s_fds = join_ids(fdv, nfds);
+	char **nargv = calloc((size_t)argc + 8, sizeof(char *));
+	if (s_uid == NULL || s_gid == NULL || s_groups == NULL || s_fds == NULL || nargv == NULL)
+		bail("ERR_FRONT_EXEC", "malloc", "");
+	snprintf(s_uid, 16, "%u", (unsigned)ruid);
+	snprintf(s_gid, 16, "%u", (unsigned)rgid);
+
+	/*
+	 * Irreversible: become fully root, dropping the caller's supplementary groups; the caller's
+	 * ids travel on the command line instead. Groups and gid before uid (they need euid 0).
+	 */
+	if (setgroups(0, NULL) != 0)
+		bail("ERR_FRONT_CREDS", "setgroups(0)", "");
+	if (setresgid(0, 0, 0) != 0)
+		bail("ERR_FRONT_CREDS", "setresgid(0,0,0)", "is the front installed setuid root?");
+	if (setresuid(0, 0, 0) != 0)
+		bail("ERR_FRONT_CREDS", "setresuid(0,0,0)", "is the front installed setuid root?");
+
+	size_t k = 0;
+	nargv[k++] = (char *)QK_NODE;
+	nargv[k++] = (char *)"--no-warnings";
+	nargv[k++] = (char *)QK_BUNDLE;
+	nargv[k++] = (char *)"@front";
+	nargv[k++] = s_uid;
+	nargv[k++] = s_gid;
+	nargv[k++] = s_groups;
+	nargv[k++] = s_fds;
+	for (int i = 1; i < argc; i++)
+		nargv[k++] = argv[i];
+	nargv[k] = NULL;
+	exec_node(nargv);
+}

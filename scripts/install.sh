@@ -1,0 +1,187 @@
+#!/bin/bash
+# Install qemu-kube on a node (run as root, from a checkout with node_modules installed):
+#
+#   scripts/install.sh --prefix P --sysconfdir S --group G [--node N] [--config FILE]
+#   scripts/install.sh --uninstall --prefix P
+#
+# Layout (docs/CHAIN.md):
+#   P/bin/qemu-kube                              root:G     4750  the setuid front
+#   P/libexec/qemu-kube/qemu-kube-enter          root:root  0755
+#   P/lib/qemu-kube/qemu-kube.cjs                root:root  0644
+#   P/lib/qemu-kube/node_modules/{koffi,@koromix/koffi-linux-ARCH}   root:root, only what loads
+#   S/qemu-kube.conf                             root:root  0644  only if it does not exist yet
+#
+# The front refuses to run unless every file it trusts, and every directory above each, is
+# root-owned and not writable by group/others; this script refuses (exit 78) to install into a
+# tree where that does not hold, so an install never yields a front that will not start.
+# Exit codes: 64 usage, 66 missing input, 77 not root, 78 unsafe tree, 70 build failed.
+set -euo pipefail
+umask 022
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
+
+die() { printf 'install.sh: %s\n' "$2" >&2; exit "$1"; }
+usage() { die 64 "$1 (usage: $0 --prefix P --sysconfdir S --group G [--node N] [--config FILE] | --uninstall --prefix P)"; }
+
+PREFIX= SYSCONFDIR= GROUP= NODE=/usr/bin/node CONFIG= UNINSTALL=0
+while [ $# -gt 0 ]; do
+  case $1 in
+    --prefix|--sysconfdir|--group|--node|--config)
+      [ $# -ge 2 ] || usage "$1 needs a value"
+      case $1 in
+        --prefix) PREFIX=$2 ;; --sysconfdir) SYSCONFDIR=$2 ;; --group) GROUP=$2 ;;
+        --node) NODE=$2 ;; --config) CONFIG=$2 ;;
+      esac
+      shift 2 ;;
+    --prefix=*) PREFIX=${1#*=}; shift ;;
+    --sysconfdir=*) SYSCONFDIR=${1#*=}; shift ;;
+    --group=*) GROUP=${1#*=}; shift ;;
+    --node=*) NODE=${1#*=}; shift ;;
+    --config=*) CONFIG=${1#*=}; shift ;;
+    --uninstall) UNINSTALL=1; shift ;;
+    -h|--help) sed -n '2,6p' "$0"; exit 0 ;;
+    *) usage "unknown argument: $1" ;;
+  esac
+done
+
+[ "$(id -u)" = 0 ] || die 77 "must run as root (the front is installed setuid root)"
+
+abs_path() {  # the same character set native/Makefile accepts for compiled-in paths
+  [[ $2 == /* ]] || usage "$1 must be an absolute path: $2"
+  [[ $2 =~ ^[A-Za-z0-9/._+@-]+$ ]] || usage "$1 may contain only [A-Za-z0-9/._+@-]: $2"
+  [[ /$2/ != */../* && /$2/ != */./* ]] || usage "$1 must not contain . or .. components: $2"
+}
+
+# One existing path component: root-owned; a directory not writable by group/others unless it
+# is sticky (like /tmp); a symlink is judged by its owner (its mode means nothing).
+check_node() {
+  local uid hex mode type
+  read -r uid hex < <(stat -c '%u %f' -- "$1")
+  mode=$((16#$hex)); type=$((mode & 0170000))
+  [ "$uid" = 0 ] || die 78 "refusing: $1 is owned by uid $uid, not root"
+  [ $type = $((0120000)) ] && return 0
+  if (( mode & 022 )) && ! (( type == 0040000 && (mode & 01000) )); then
+    die 78 "refusing: $1 is writable by group or others (mode $(printf '%04o' $((mode & 07777))))"
+  fi
+}
+
+# Every existing component of a path as written, and of its resolved form (symlinks followed).
+check_tree() {
+  local p cur comp
+  for p in "$1" "$(readlink -m -- "$1")"; do
+    check_node /
+    cur=
+    IFS=/ read -ra comps <<< "${p#/}"
+    for comp in "${comps[@]}"; do
+      [ -n "$comp" ] || continue
+      cur=$cur/$comp
+      [ -e "$cur" ] || [ -L "$cur" ] || break
+      check_node "$cur"
+    done
+  done
+}
+
+# A directory of the layout: created 0755 root if missing; if present (a previous install, or
+# the operator's sysconfdir) left as it is, but only accepted as a plain, safe directory.
+own_dir() {
+  if [ -L "$1" ] || { [ -e "$1" ] && [ ! -d "$1" ]; }; then
+    die 78 "refusing: $1 exists and is not a directory"
+  fi
+  [ -d "$1" ] || install -d -o root -g root -m 0755 -- "$1"
+  check_node "$1"
+}
+
+# Atomic replace: a VM starting during a re-install sees the old file or the new one.
+put() {  # put MODE GROUP SRC DEST
+  local tmp
+  tmp=$(dirname -- "$4")/.$(basename -- "$4").new
+  rm -f -- "$tmp"
+  install -o root -g "$2" -m "$1" -- "$3" "$tmp"
+  mv -fT -- "$tmp" "$4"
+}
+
+abs_path --prefix "$PREFIX"
+BIN=$PREFIX/bin LIBEXEC=$PREFIX/libexec/qemu-kube LIB=$PREFIX/lib/qemu-kube
+
+if [ $UNINSTALL = 1 ]; then
+  check_tree "$PREFIX"
+  rm -f -- "$BIN/qemu-kube" "$BIN/.qemu-kube.new"
+  rm -rf -- "$LIBEXEC" "$LIB"
+  for d in "$BIN" "$PREFIX/libexec" "$PREFIX/lib" "$PREFIX"; do
+    [ -d "$d" ] && rmdir --ignore-fail-on-non-empty -- "$d"
+  done
+  echo "install.sh: removed qemu-kube from $PREFIX (the config in the sysconfdir is left in place)"
+  exit 0
+fi
+
+abs_path --sysconfdir "$SYSCONFDIR"
+abs_path --node "$NODE"
+[ -n "$GROUP" ] || usage "--group is required (the group libvirt runs QEMU as, e.g. kvm or qemu)"
+getent group "$GROUP" > /dev/null || usage "no such group: $GROUP"
+CONF_DEST=$SYSCONFDIR/qemu-kube.conf
+[ -n "$CONFIG" ] || CONFIG=$REPO/etc/qemu-kube.conf
+
+case $(uname -m) in
+  x86_64|amd64) ARCH=x64 ;;
+  aarch64|arm64) ARCH=arm64 ;;
+  *) die 64 "unsupported architecture $(uname -m)" ;;
+esac
+KOFFI_SRC=$REPO/node_modules/koffi
+KOFFI_NATIVE_SRC=$REPO/node_modules/@koromix/koffi-linux-$ARCH
+[ -f "$KOFFI_SRC/package.json" ] && [ -f "$KOFFI_NATIVE_SRC/linux_$ARCH/koffi.node" ] ||
+  die 66 "koffi is not installed in $REPO/node_modules (run npm ci first)"
+
+# Everything that will be trusted must sit in a root-controlled tree, before anything changes.
+check_tree "$PREFIX"
+check_tree "$SYSCONFDIR"
+check_tree "$NODE"
+[ -f "$NODE" ] || die 66 "no Node binary at $NODE (use --node)"
+if [ -e "$CONF_DEST" ] || [ -L "$CONF_DEST" ]; then
+  [ -f "$CONF_DEST" ] || die 78 "refusing: $CONF_DEST is not a regular file"
+else
+  [ -f "$CONFIG" ] || die 66 "no config to install: $CONFIG (use --config FILE)"
+fi
+
+STAGE=$(mktemp -d)
+trap 'rm -rf -- "$STAGE"' EXIT
+(cd "$REPO" && node scripts/build.mjs --prefix "$PREFIX" --sysconfdir "$SYSCONFDIR" --node "$NODE" --out "$STAGE") ||
+  die 70 "build failed"
+for f in native/front native/enter qemu-kube.cjs; do
+  [ -f "$STAGE/$f" ] || die 70 "build did not produce $STAGE/$f"
+done
+
+for d in "$PREFIX" "$BIN" "$PREFIX/libexec" "$LIBEXEC" "$PREFIX/lib" "$LIB" "$SYSCONFDIR"; do
+  own_dir "$d"
+done
+
+# koffi: only the files its loader requires (index.cjs -> src/koffi/index.cjs ->
+# src/koffi/src/static.cjs -> @koromix/koffi-linux-ARCH -> {linux,musl}_ARCH/koffi.node).
+NM_NEW=$LIB/.node_modules.new NM_OLD=$LIB/.node_modules.old
+rm -rf -- "$NM_NEW" "$NM_OLD"
+for f in package.json LICENSE.txt index.cjs index.js src/koffi/index.cjs src/koffi/index.js \
+         src/koffi/src/static.cjs src/koffi/src/static.js; do
+  install -D -o root -g root -m 0644 -- "$KOFFI_SRC/$f" "$NM_NEW/koffi/$f"
+done
+for f in package.json index.js linux_$ARCH/koffi.node musl_$ARCH/koffi.node; do
+  [ -f "$KOFFI_NATIVE_SRC/$f" ] || continue
+  install -D -o root -g root -m 0644 -- "$KOFFI_NATIVE_SRC/$f" "$NM_NEW/@koromix/koffi-linux-$ARCH/$f"
+done
+chown -R root:root -- "$NM_NEW"
+find "$NM_NEW" -type d -exec chmod 0755 {} +
+if [ -e "$LIB/node_modules" ]; then mv -T -- "$LIB/node_modules" "$NM_OLD"; fi
+mv -T -- "$NM_NEW" "$LIB/node_modules"
+rm -rf -- "$NM_OLD"
+
+# The front last: it only ever points at pieces that are already in place.
+put 0644 root "$STAGE/qemu-kube.cjs" "$LIB/qemu-kube.cjs"
+put 0755 root "$STAGE/native/enter" "$LIBEXEC/qemu-kube-enter"
+put 4750 "$GROUP" "$STAGE/native/front" "$BIN/qemu-kube"
+
+if [ -e "$CONF_DEST" ]; then
+  echo "install.sh: kept the existing $CONF_DEST"
+  check_node "$CONF_DEST"
+else
+  install -o root -g root -m 0644 -- "$CONFIG" "$CONF_DEST"
+fi
+
+echo "install.sh: installed qemu-kube in $PREFIX (front: $BIN/qemu-kube, root:$GROUP 4750)"
