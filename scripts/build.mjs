@@ -45,7 +45,24 @@ const common = {
   banner: { js: '#!/usr/bin/env node\nconst __qk_url = require("node:url").pathToFileURL(__filename).href;' },
   logLevel: 'warning',
 }
-await build({ ...common, entryPoints: [`${root}/src/emulator/main.ts`], outfile: `${out}/qemu-kube.cjs` })
+// pino's transports run in worker threads; qemu-kube never uses them (one synchronous stderr
+// destination), so the launch path does not load worker_threads, thread-stream and friends.
+const noPinoTransport = {
+  name: 'no-pino-transport',
+  setup(b) {
+    b.onResolve({ filter: /^(\.\/transport|\.\/lib\/transport|worker_threads)$/ }, (args) =>
+      /node_modules\/pino\//.test(args.importer) ? { path: args.path, namespace: 'pino-stub' } : undefined)
+    b.onLoad({ filter: /.*/, namespace: 'pino-stub' }, (args) => ({
+      contents: args.path === 'worker_threads'
+        ? 'module.exports = { isMainThread: true }'
+        : 'module.exports = () => { throw new Error("pino transports are not part of qemu-kube") }',
+      loader: 'js',
+    }))
+  },
+}
+await build({ ...common, plugins: [noPinoTransport], entryPoints: [`${root}/src/emulator/main.ts`], outfile: `${out}/qemu-kube.cjs` })
+await build({ ...common, banner: { js: common.banner.js.replace(/^#!.*\n/, '') }, entryPoints: [`${root}/src/emulator/cli.ts`],
+  outfile: `${out}/qemu-kube-cli.cjs` })
 chmodSync(`${out}/qemu-kube.cjs`, 0o755)
 await build({ ...common, entryPoints: [`${root}/src/launcher/main.ts`], outfile: `${out}/virt-launcher.cjs` })
 // qemu-kube finds the pod by argv[0] == virt-launcher, so Node must run under that name.

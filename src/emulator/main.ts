@@ -4,6 +4,7 @@
 // - anything else: an operator command (`explain`, `check-config`, `keygen`, `token issue`),
 //   run with the caller's own credentials.
 // Only this file ends the process.
+import { createRequire } from 'node:module'
 import { classify } from './invocation.ts'
 import { loadConfig, type Config } from './config.ts'
 import { authorisedRecord, probeRecord, refusedRecord } from './decision.ts'
@@ -79,8 +80,10 @@ function parseFront(args: readonly string[]): FrontFacts {
 async function main(): Promise<number> {
   const args = process.argv.slice(2)
   if (args[0] === '@front') return emulate(args.slice(1))
-  const { runCli } = await import('./cli.ts')
-  return runCli(args)
+  // Operator commands live in their own bundle beside this one, so the launch path never
+  // loads commander (and the child_process/net/stream modules it pulls in).
+  const cli = createRequire(import.meta.url)('./qemu-kube-cli.cjs') as typeof import('./cli.ts')
+  return cli.runCli(args)
 }
 
 main().then(
