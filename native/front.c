@@ -39,6 +39,7 @@
 
 #define EX_USAGE 64
 #define EX_OSERR 71
+#define EX_CONFIG 78
 #define MAX_FDS 1024
 #define SAFE_PATH "/usr/sbin:/usr/bin:/sbin:/bin"
 #define MAX_SYMLINKS 40
@@ -180,11 +181,14 @@ static size_t record_fds(int *fds)
  * group/others. Since only root can change any step, the path names the same file when Node
  * and the helper open it by name later. Writable ACL entries show up in the group bits (mask).
  */
+/* An unsafe config is a configuration error (78, the code Node uses); anything else is 71. */
+static int checking_config;
+
 static _Noreturn void unsafe(const char *path, const char *why)
 {
 	char msg[2 * PATH_MAX + 256];
 	snprintf(msg, sizeof(msg), "%s: %s", path, why);
-	die(EX_OSERR, "ERR_FRONT_UNSAFE_PATH", msg,
+	die(checking_config ? EX_CONFIG : EX_OSERR, checking_config ? "ERR_CONFIG_UNSAFE" : "ERR_FRONT_UNSAFE_PATH", msg,
 	    "every file qemu-kube trusts and each directory above it must be root-owned and not "
 	    "writable by group or others; reinstall with scripts/install.sh");
 }
@@ -375,7 +379,9 @@ int main(int argc, char **argv)
 	check_path(QK_BUNDLE, 0);
 	check_path(QK_ENTER, 0);
 	check_path(QK_KOFFI_NODE, 0);
+	checking_config = 1;
 	check_path(QK_CONFIG, 1);
+	checking_config = 0;
 
 	/*
 	 * "@front" is how this program tells Node it ran us as root for libvirt; a caller must not

@@ -7,7 +7,8 @@
 # Layout (docs/CHAIN.md):
 #   P/bin/qemu-kube                              root:G     4750  the setuid front
 #   P/libexec/qemu-kube/qemu-kube-enter          root:root  0755
-#   P/lib/qemu-kube/qemu-kube.cjs                root:root  0644
+#   P/lib/qemu-kube/qemu-kube.cjs                root:root  0644  the launch path
+#   P/lib/qemu-kube/qemu-kube-cli.cjs            root:root  0644  operator commands
 #   P/lib/qemu-kube/node_modules/{koffi,@koromix/koffi-linux-ARCH}   root:root, only what loads
 #   S/qemu-kube.conf                             root:root  0644  only if it does not exist yet
 #
@@ -146,7 +147,7 @@ STAGE=$(mktemp -d)
 trap 'rm -rf -- "$STAGE"' EXIT
 (cd "$REPO" && node scripts/build.mjs --prefix "$PREFIX" --sysconfdir "$SYSCONFDIR" --node "$NODE" --out "$STAGE") ||
   die 70 "build failed"
-for f in native/front native/enter qemu-kube.cjs; do
+for f in native/front native/enter qemu-kube.cjs qemu-kube-cli.cjs; do
   [ -f "$STAGE/$f" ] || die 70 "build did not produce $STAGE/$f"
 done
 
@@ -174,6 +175,7 @@ rm -rf -- "$NM_OLD"
 
 # The front last: it only ever points at pieces that are already in place.
 put 0644 root "$STAGE/qemu-kube.cjs" "$LIB/qemu-kube.cjs"
+put 0644 root "$STAGE/qemu-kube-cli.cjs" "$LIB/qemu-kube-cli.cjs"
 put 0755 root "$STAGE/native/enter" "$LIBEXEC/qemu-kube-enter"
 put 4750 "$GROUP" "$STAGE/native/front" "$BIN/qemu-kube"
 
