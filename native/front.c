@@ -377,6 +377,11 @@ int main(int argc, char **argv)
 	 */
 	check_path(QK_NODE, 0);
 	check_path(QK_BUNDLE, 0);
+	/*
+	 * The bundle's V8 code cache (scripts/code-cache.mjs): bytecode Node runs as root, so it is
+	 * trusted like the bundle. It may be absent (Node then compiles the bundle's source).
+	 */
+	check_path(QK_BUNDLE ".cache", 1);
 	check_path(QK_ENTER, 0);
 	check_path(QK_KOFFI_NODE, 0);
 	checking_config = 1;

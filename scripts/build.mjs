@@ -8,6 +8,7 @@ import { execFileSync } from 'node:child_process'
 import { chmodSync, mkdirSync, writeFileSync } from 'node:fs'
 import { resolve } from 'node:path'
 import { parseArgs } from 'node:util'
+import { addCodeCache } from './code-cache.mjs'
 
 const { values: o } = parseArgs({
   options: {
@@ -47,20 +48,30 @@ const common = {
 }
 // pino's transports run in worker threads; qemu-kube never uses them (one synchronous stderr
 // destination), so the launch path does not load worker_threads, thread-stream and friends.
+// sonic-boom (pino's destination) requires node:assert for one argument check; node:assert loads
+// internal/util/colors, which opens process.stderr and with it the streams stack (~1.5 ms, and a
+// second handle on fd 2 that nothing should write through). A plain check does the same job.
 const noPinoTransport = {
   name: 'no-pino-transport',
   setup(b) {
     b.onResolve({ filter: /^(\.\/transport|\.\/lib\/transport|worker_threads)$/ }, (args) =>
       /node_modules\/pino\//.test(args.importer) ? { path: args.path, namespace: 'pino-stub' } : undefined)
+    b.onResolve({ filter: /^assert$/ }, (args) =>
+      /node_modules\/sonic-boom\//.test(args.importer) ? { path: args.path, namespace: 'pino-stub' } : undefined)
     b.onLoad({ filter: /.*/, namespace: 'pino-stub' }, (args) => ({
       contents: args.path === 'worker_threads'
         ? 'module.exports = { isMainThread: true }'
-        : 'module.exports = () => { throw new Error("pino transports are not part of qemu-kube") }',
+        : args.path === 'assert'
+          ? 'module.exports = (ok, message) => { if (!ok) throw new Error(message) }'
+          : 'module.exports = () => { throw new Error("pino transports are not part of qemu-kube") }',
       loader: 'js',
     }))
   },
 }
 await build({ ...common, plugins: [noPinoTransport], entryPoints: [`${root}/src/emulator/main.ts`], outfile: `${out}/qemu-kube.cjs` })
+// The launch bundle becomes a loader plus a V8 code cache made by --node (scripts/code-cache.mjs).
+const cacheNote = addCodeCache(`${out}/qemu-kube.cjs`, o.node)
+if (cacheNote) console.warn(`build: ${cacheNote}`)
 await build({ ...common, banner: { js: common.banner.js.replace(/^#!.*\n/, '') }, entryPoints: [`${root}/src/emulator/cli.ts`],
   outfile: `${out}/qemu-kube-cli.cjs` })
 chmodSync(`${out}/qemu-kube.cjs`, 0o755)

@@ -8,6 +8,7 @@
 #   P/bin/qemu-kube                              root:G     4750  the setuid front
 #   P/libexec/qemu-kube/qemu-kube-enter          root:root  0755
 #   P/lib/qemu-kube/qemu-kube.cjs                root:root  0644  the launch path
+#   P/lib/qemu-kube/qemu-kube.cjs.cache          root:root  0644  its V8 code cache (if the build made one)
 #   P/lib/qemu-kube/qemu-kube-cli.cjs            root:root  0644  operator commands
 #   P/lib/qemu-kube/node_modules/{koffi,@koromix/koffi-linux-ARCH}   root:root, only what loads
 #   S/qemu-kube.conf                             root:root  0644  only if it does not exist yet
@@ -174,6 +175,12 @@ mv -T -- "$NM_NEW" "$LIB/node_modules"
 rm -rf -- "$NM_OLD"
 
 # The front last: it only ever points at pieces that are already in place.
+# The code cache before the bundle it belongs to; the bundle ignores a cache made for other code.
+if [ -f "$STAGE/qemu-kube.cjs.cache" ]; then
+  put 0644 root "$STAGE/qemu-kube.cjs.cache" "$LIB/qemu-kube.cjs.cache"
+else
+  rm -f -- "$LIB/qemu-kube.cjs.cache"
+fi
 put 0644 root "$STAGE/qemu-kube.cjs" "$LIB/qemu-kube.cjs"
 put 0644 root "$STAGE/qemu-kube-cli.cjs" "$LIB/qemu-kube-cli.cjs"
 put 0755 root "$STAGE/native/enter" "$LIBEXEC/qemu-kube-enter"

@@ -4,9 +4,10 @@
 //
 // The scan is the hot loop of a launch (a node runs 10k+ processes): one preallocated buffer,
 // one open/pread/close per process, and argv[0] compared as bytes before any string is made.
-import { closeSync, constants, openSync, readFileSync, readSync, readdirSync } from 'node:fs'
+import { closeSync, constants, type Dir, openSync, opendirSync, readFileSync } from 'node:fs'
 import { QkError } from './errors.ts'
 import { parseStat, splitCmdline } from './procfs.ts'
+import { sys } from './sys.ts'
 
 export interface TargetQuery {
   procRoot: string
@@ -23,7 +24,12 @@ export interface Target {
 const UUID_FLAG = 'kubevirt.vm.uuid'
 const NAME_FLAG = 'kubevirt.vm.name'
 const BUF_SIZE = 4096
-const OPEN_FLAGS = constants.O_RDONLY | constants.O_NOFOLLOW
+// libc's openat, unlike Node's fs, does not add O_CLOEXEC (asm-generic value, x86_64 and arm64).
+const O_CLOEXEC = 0o2000000
+const SCAN_FLAGS = constants.O_RDONLY | constants.O_NOFOLLOW | O_CLOEXEC
+const CMDLINE = Buffer.from('/cmdline\0')
+/** pid_max is at most 2^22: seven digits. */
+const MAX_PID_DIGITS = 7
 
 export function findTarget(q: TargetQuery): Target {
   const matches: Target[] = []
@@ -51,35 +57,48 @@ export function findTarget(q: TargetQuery): Target {
 
 /** Pids whose argv[0] basename equals `launcher`; the only per-process work for the whole node. */
 export function* scanLaunchers(procRoot: string, launcher: Buffer): Generator<number> {
+  // Three libc calls per process through koffi (Node's fs adds ~0.4 µs of validation and
+  // request set-up per process), relative to one fd for the root (shorter path walks), over a
+  // streamed directory (readdirSync sorts every name first).
+  const io = sys()
   const buf = Buffer.allocUnsafe(BUF_SIZE)
-  for (const entry of readdirSync(procRoot)) {
-    const c = entry.charCodeAt(0)
-    if (c < 0x31 || c > 0x39) continue
-    let fd: number
-    try {
-      fd = openSync(`${procRoot}/${entry}/cmdline`, OPEN_FLAGS)
-    } catch {
-      continue // exited since readdir, or not a process directory
+  const path = Buffer.allocUnsafe(MAX_PID_DIGITS + CMDLINE.length)
+  const dirfd = openSync(procRoot, constants.O_RDONLY | constants.O_DIRECTORY)
+  let dir: Dir | undefined
+  try {
+    dir = opendirSync(procRoot, { bufferSize: 256 })
+    for (let entry = dir.readSync(); entry !== null; entry = dir.readSync()) {
+      const name = entry.name
+      const len = name.length
+      if (len > MAX_PID_DIGITS || name.charCodeAt(0) === 0x30) continue
+      let i = 0
+      for (; i < len; i++) {
+        const c = name.charCodeAt(i)
+        if (c < 0x30 || c > 0x39) break
+        path[i] = c
+      }
+      if (i !== len || len === 0) continue // not a process directory
+      for (let j = 0; j < CMDLINE.length; j++) path[len + j] = CMDLINE[j]!
+      const fd = io.openatZ(dirfd, path, SCAN_FLAGS)
+      if (fd < 0) continue // exited since readdir
+      const n = io.read(fd, buf, BUF_SIZE)
+      io.close(fd)
+      if (n > 0 && argv0BasenameIs(buf, n, launcher)) yield Number(name)
     }
-    let n = 0
-    try {
-      n = readSync(fd, buf, 0, BUF_SIZE, 0)
-    } catch {
-      n = 0
-    } finally {
-      closeSync(fd)
-    }
-    if (n > 0 && argv0BasenameIs(buf, n, launcher)) yield Number(entry)
+  } finally {
+    dir?.closeSync()
+    closeSync(dirfd)
   }
 }
 
 function argv0BasenameIs(buf: Buffer, n: number, name: Buffer): boolean {
-  let end = buf.indexOf(0)
-  if (end < 0 || end > n) end = n
+  let end = 0
+  while (end < n && buf[end] !== 0) end++
   if (end === 0) return false
-  let start = buf.lastIndexOf(0x2f, end - 1) + 1
+  let start = end
+  while (start > 0 && buf[start - 1] !== 0x2f) start--
   if (end - start !== name.length) return false
-  for (let i = 0; i < name.length; i++) if (buf[start++] !== name[i]) return false
+  for (let i = 0; i < name.length; i++) if (buf[start + i] !== name[i]) return false
   return true
 }
 
