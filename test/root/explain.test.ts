@@ -1,0 +1,83 @@
+// Issue 2's acceptance, as an operator would check it: `qemu-kube explain` (the clone's bundle,
+// run as root) against real launcher processes in their own mount namespaces, the token on a
+// tmpfs only the pod can see. Authorised names the pod's pid; each refusal names its code.
+import t from 'tap'
+import { execFile } from 'node:child_process'
+import { readdirSync } from 'node:fs'
+import { SignJWT } from 'jose'
+import { REPO, toml } from '../helpers/install.ts'
+import { makePod, requireRoot } from '../helpers/pod.ts'
+import { AUD, ISS, rsaKey, tempDir, writeKey } from '../helpers/tokens.ts'
+import { writeFileSync } from 'node:fs'
+
+if (!requireRoot(t)) process.exit(0)
+
+const key = await rsaKey()
+const foreign = await rsaKey()
+const dir = tempDir(t, 'qk-explain-')
+const config = `${dir}/qemu-kube.conf`
+writeFileSync(config, toml({ token_public_keys: [writeKey(dir, 'signing.pem', key.pem)], allowed_users: ['root'], state_dir: `${dir}/state` }))
+
+async function token(vm: { uuid: string; name: string }, over: Record<string, unknown> = {}, signer = key) {
+  const now = Math.floor(Date.now() / 1000)
+  return new SignJWT({ iss: ISS, aud: AUD, sub: vm.uuid, vm_name: vm.name, jti: `explain-${Math.random()}`, iat: now, exp: now + 60, ...over })
+    .setProtectedHeader({ alg: 'RS256' }).sign(signer.privateKey)
+}
+
+function explain(vm: { uuid: string; name: string }, tok: string): Promise<{ code: number; decision: any; out: string }> {
+  return new Promise((res) => execFile(process.execPath, [`${REPO}/dist/qemu-kube.cjs`, 'explain', '--config', config, '--as', 'root', '--', '-name', 'guest=x'],
+    { env: { PATH: process.env['PATH'], KUBEVIRT_VM_UUID: vm.uuid, KUBEVIRT_VM_NAME: vm.name, KUBEVIRT_SECRET: tok } },
+    (err, stdout, stderr) => res({ code: err ? Number(err.code) : 0, decision: JSON.parse(stdout), out: stdout + stderr })))
+}
+
+let n = 0
+async function pod(vm: { uuid: string; name: string }, tok: string) {
+  const p = await makePod({ ...vm, token: tok, cgroupName: `explain-${process.pid}-${n++}` })
+  t.teardown(() => p.destroy())
+  return p
+}
+
+t.test('authorised: the decision names the pod\'s pid, and consumes nothing', async (t) => {
+  const vm = { uuid: `explain-${process.pid}-a`, name: 'vma' }
+  const tok = await token(vm)
+  const p = await pod(vm, tok)
+  const r = await explain(vm, tok)
+  t.equal(r.code, 0, r.out)
+  t.equal(r.decision.outcome, 'authorised')
+  t.equal(r.decision.target.pid, p.pid)
+  t.same(r.decision.namespaces, ['mnt', 'net', 'ipc', 'uts', 'cgroup'])
+  t.ok(r.decision.cgroups.some((c: string) => c.includes('qemu-kube-test')), 'the pod\'s own cgroups')
+  t.equal((await explain(vm, tok)).decision.outcome, 'authorised', 'explain again: the token was not consumed')
+  for (const part of tok.split('.')) t.notOk(r.out.includes(part), 'the token is in no output')
+})
+
+t.test('refused with the right code', async (t) => {
+  const vm = { uuid: `explain-${process.pid}-r`, name: 'vmr' }
+  const good = await token(vm)
+  await pod(vm, good)
+  const now = Math.floor(Date.now() / 1000)
+  const cases: [string, string, { uuid: string; name: string }][] = [
+    ['ERR_TOKEN_EXPIRED', await token(vm, { iat: now - 100, exp: now - 40 }), vm],
+    ['ERR_TOKEN_SIGNATURE', await token(vm, {}, foreign), vm],
+    ['ERR_TOKEN_VM_MISMATCH', await token({ uuid: 'other-vm', name: vm.name }), vm],
+    ['ERR_SECRET_MISMATCH', await token(vm), vm],
+  ]
+  for (const [code, tok, v] of cases) {
+    const r = await explain(v, tok)
+    t.equal(r.decision.code, code, code)
+    t.equal(r.code, 77)
+    t.ok(r.decision.hint)
+    for (const part of tok.split('.')) t.notOk(r.out.includes(part), `${code}: the token is in no output`)
+  }
+})
+
+t.test('two launchers for one VM: ERR_TARGET_AMBIGUOUS naming both pids', async (t) => {
+  const vm = { uuid: `explain-${process.pid}-2`, name: 'vm2' }
+  const tok = await token(vm)
+  const a = await pod(vm, tok)
+  const b = await pod(vm, tok)
+  const r = await explain(vm, tok)
+  t.equal(r.decision.code, 'ERR_TARGET_AMBIGUOUS')
+  t.same([...r.decision.pids].sort(), [a.pid, b.pid].sort())
+  t.same(readdirSync(dir).includes('state') ? readdirSync(`${dir}/state`) : [], [], 'nothing recorded')
+})
