@@ -31,43 +31,21 @@
 #include <sys/statfs.h>
 #include <sys/types.h>
 #include <unistd.h>
+#include "json-error.h"
 
 #if !defined(QK_NODE) || !defined(QK_BUNDLE) || !defined(QK_ENTER) || !defined(QK_KOFFI_NODE) || \
     !defined(QK_CONFIG)
 #error "build with -DQK_NODE=... -DQK_BUNDLE=... -DQK_ENTER=... -DQK_KOFFI_NODE=... -DQK_CONFIG=... (see native/Makefile)"
 #endif
 
-#define EX_USAGE 64
-#define EX_OSERR 71
-#define EX_CONFIG 78
 #define MAX_FDS 1024
 #define SAFE_PATH "/usr/sbin:/usr/bin:/sbin:/bin"
 #define MAX_SYMLINKS 40
 
-static void json_str(const char *s)
-{
-	for (; *s; s++) {
-		unsigned char c = (unsigned char)*s;
-		if (c == '"' || c == '\\')
-			fprintf(stderr, "\\%c", c);
-		else if (c < 0x20 || c == 0x7f)
-			fprintf(stderr, "\\u%04x", c);
-		else
-			fputc(c, stderr);
-	}
-}
-
 /* One JSON line on stderr (it lands in libvirt's domain log), then exit. */
 static _Noreturn void die(int status, const char *code, const char *msg, const char *hint)
 {
-	fputs("{\"level\":\"error\",\"code\":\"", stderr);
-	json_str(code);
-	fputs("\",\"msg\":\"", stderr);
-	json_str(msg);
-	fputs("\",\"hint\":\"", stderr);
-	json_str(hint);
-	fputs("\"}\n", stderr);
-	fflush(stderr);
+	qk_json_error("", code, msg, hint);
 	exit(status);
 }
 

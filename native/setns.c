@@ -47,6 +47,7 @@
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include "json-error.h"
 
 #ifndef SYS_pidfd_send_signal
 #define SYS_pidfd_send_signal 424
@@ -61,8 +62,6 @@
 #define CLOSE_RANGE_CLOEXEC (1U << 2)
 #endif
 
-#define EX_USAGE 64
-#define EX_OSERR 71
 #define MAX_FDS 1024
 #define MAX_GROUPS 65536
 
@@ -95,29 +94,9 @@ static struct {
 
 /* ---- errors --------------------------------------------------------------------------------- */
 
-static void json_str(const char *s)
-{
-	for (; *s; s++) {
-		unsigned char c = (unsigned char)*s;
-		if (c == '"' || c == '\\')
-			fprintf(stderr, "\\%c", c);
-		else if (c < 0x20 || c == 0x7f)
-			fprintf(stderr, "\\u%04x", c);
-		else
-			fputc(c, stderr);
-	}
-}
-
 static _Noreturn void die(int status, const char *code, const char *msg, const char *hint)
 {
-	fputs("{\"level\":\"error\",\"code\":\"ERR_ENTER_", stderr);
-	json_str(code);
-	fputs("\",\"msg\":\"", stderr);
-	json_str(msg);
-	fputs("\",\"hint\":\"", stderr);
-	json_str(hint);
-	fputs("\"}\n", stderr);
-	fflush(stderr);
+	qk_json_error("ERR_ENTER_", code, msg, hint);
 	_exit(status);
 }
 
