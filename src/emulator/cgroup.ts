@@ -5,7 +5,8 @@
 // namespace root, and a mount may expose a sub-tree (mountinfo field 4), so both are accounted.
 // Joining happens before the enter helper enters the pod's cgroup namespace, so inside the pod
 // QEMU's /proc/self/cgroup reads "/" like every other process there.
-import { writeFileSync } from 'node:fs'
+import { readFileSync, writeFileSync } from 'node:fs'
+import { writeFile } from 'node:fs/promises'
 import { QkError, errnoOf } from './errors.ts'
 
 export interface CgroupJoin {
@@ -101,4 +102,24 @@ function sameSet(a: Set<string>, b: Set<string>): boolean {
 
 function bad(msg: string): QkError {
   return new QkError('ERR_CGROUP_JOIN', msg)
+}
+
+/**
+ * Moving a process between cgroups takes the kernel's global cgroup_threadgroup_rwsem for
+ * writing, and the first writer after a quiet spell waits for an RCU grace period (8-14 ms
+ * measured here with cgroup v1) before it may proceed; writers within the next grace period do
+ * not wait. So a launch starts one harmless write at once, off the main thread: our own pid into
+ * the cgroup we are already in (a move to where we are), and the real joins that follow the
+ * verification find the lock already warm. The caller must await it before joinAll: a late
+ * warm-up write would move us back out of the pod's cgroup. Failures are ignored; the joins
+ * then just pay the wait themselves.
+ */
+export function warmCgroupLock(procRoot: string, cgroupRoot: string): Promise<void> {
+  try {
+    const own = planJoins(readFileSync(`${procRoot}/self/cgroup`, 'utf8'), readFileSync(`${procRoot}/self/mountinfo`, 'utf8'), cgroupRoot)[0]
+    if (own === undefined) return Promise.resolve()
+    return writeFile(`${own.dir}/cgroup.procs`, `${process.pid}\n`).catch(() => undefined)
+  } catch {
+    return Promise.resolve()
+  }
 }

@@ -9,6 +9,7 @@ import { classify } from './invocation.ts'
 import { loadConfig, type Config } from './config.ts'
 import { authorisedRecord, probeRecord, refusedRecord } from './decision.ts'
 import { asQkError, QkError } from './errors.ts'
+import { warmCgroupLock } from './cgroup.ts'
 import { handOff, joinCgroups, launchPlan, probePlan } from './handoff.ts'
 import { makeLogger, type Logger } from './log.ts'
 import { CONFIG_PATH } from './paths.ts'
@@ -42,7 +43,9 @@ async function emulate(args: readonly string[]): Promise<number> {
       decide(log, probeRecord(front.caller.uid, config.probe_qemu_binary))
       return handOff(probePlan(front.caller, config.probe_qemu_binary, inv.argv, front.fds), sys())
     }
+    const lockWarm = warmCgroupLock(config.proc_root, config.cgroup_root)
     const a = await authorise(inv, { config, caller: front.caller, now: () => new Date(), ops: sys(), consume: true }, trail)
+    await lockWarm
     joinCgroups(a)
     decide(log, authorisedRecord(a))
     return handOff(launchPlan(a, front.fds), sys())

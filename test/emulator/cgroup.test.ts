@@ -1,6 +1,6 @@
 import t from 'tap'
 import { readFileSync } from 'node:fs'
-import { planJoins } from '../../src/emulator/cgroup.ts'
+import { planJoins, warmCgroupLock } from '../../src/emulator/cgroup.ts'
 import { MOUNTINFO } from '../helpers/fakeproc.ts'
 
 t.test('each v1 hierarchy and the v2 one map to a directory under the cgroup root', async (t) => {
@@ -31,4 +31,11 @@ t.test('this machine\'s own hierarchies all map', async (t) => {
   const joins = planJoins(readFileSync('/proc/self/cgroup', 'utf8'), readFileSync('/proc/self/mountinfo', 'utf8'), '/sys/fs/cgroup')
   t.ok(joins.length > 0)
   for (const j of joins) t.match(j.dir, /^\/sys\/fs\/cgroup\//)
+})
+
+t.test('warming the cgroup lock never fails a launch and leaves us where we were', async (t) => {
+  await t.resolves(warmCgroupLock('/nonexistent-proc', '/sys/fs/cgroup'), 'nothing to read: resolves')
+  const before = readFileSync('/proc/self/cgroup', 'utf8')
+  await t.resolves(warmCgroupLock('/proc', '/sys/fs/cgroup'))
+  t.equal(readFileSync('/proc/self/cgroup', 'utf8'), before, 'a move to where we already are')
 })
