@@ -6,7 +6,7 @@
 // Only this file ends the process.
 import { createRequire } from 'node:module'
 import { classify } from './invocation.ts'
-import { loadConfig, type Config } from './config.ts'
+import { loadConfig } from './config.ts'
 import { authorisedRecord, probeRecord, refusedRecord } from './decision.ts'
 import { asQkError, QkError } from './errors.ts'
 import { warmCgroupLock } from './cgroup.ts'
@@ -27,16 +27,12 @@ interface FrontFacts {
 const started = process.hrtime.bigint()
 
 async function emulate(args: readonly string[]): Promise<number> {
-  let log: Logger | undefined
+  // The logger exists before anything can fail, so even a broken config gets its decision line.
+  const log = makeLogger()
   const trail: Trail = {}
   try {
     const front = parseFront(args)
-    let config: Config
-    try {
-      config = loadConfig(CONFIG_PATH)
-    } finally {
-      log = makeLogger()
-    }
+    const config = loadConfig(CONFIG_PATH)
     log.level = config.log_level
     const inv = classify(process.env, front.argv)
     if (inv.kind === 'probe') {
@@ -51,7 +47,7 @@ async function emulate(args: readonly string[]): Promise<number> {
     return handOff(launchPlan(a, front.fds), sys())
   } catch (e) {
     const err = asQkError(e)
-    decide(log ?? makeLogger(), refusedRecord(err, trail))
+    decide(log, refusedRecord(err, trail))
     return err.exitCode
   }
 }
