@@ -19,3 +19,10 @@ t.test('every operator command the README shows is in --help, and the other way 
   t.same(listed.sort(), ['check-config', 'explain', 'keygen', 'token'].sort())
   for (const c of listed) t.match(readme, new RegExp(`qemu-kube ${c}\\b`), `README shows ${c}`)
 })
+
+t.test('operator commands report our own codes, not ERR_INTERNAL', async (t) => {
+  const { spawnSync } = await import('node:child_process')
+  const r = spawnSync(process.execPath, [new URL('../dist/qemu-kube.cjs', import.meta.url).pathname, 'check-config', '--config', '/nonexistent/qemu-kube.conf'], { encoding: 'utf8' })
+  t.equal(r.status, 78)
+  t.equal(JSON.parse(r.stderr.trim()).code, 'ERR_CONFIG_MISSING')
+})

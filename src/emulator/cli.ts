@@ -85,7 +85,11 @@ export async function runCli(argv: readonly string[]): Promise<number> {
       && String(e.code).startsWith('commander.')) {
       return e.exitCode === 0 ? 0 : 64
     }
-    throw e
+    // Reported here, with this bundle's own error class: main.ts lives in another bundle, where
+    // `instanceof QkError` would not recognise ours.
+    const err = asQkError(e)
+    process.stderr.write(`${JSON.stringify({ level: 'error', code: err.code, msg: err.message, hint: err.hint })}\n`)
+    return err.exitCode
   }
   return exitCode
 }
