@@ -3,6 +3,16 @@
 #
 #   scripts/install.sh --prefix P --sysconfdir S --group G [--node N] [--config FILE]
 #   scripts/install.sh --uninstall --prefix P
+#   scripts/install.sh --from-stage DIR --prefix P --sysconfdir S --group G [--config FILE] [--replace-config]
+#
+# --from-stage DIR (the init container, initcontainer/install-entrypoint.sh): install the tree
+# initcontainer/make-stage.sh built, with no build and no checkout: the build output, koffi and
+# the Node binary come from DIR (DIR/node is installed as P/lib/qemu-kube/node, --node is not
+# used). P and S are then where the node's prefix and sysconfdir are mounted; the paths the front
+# trusts are the ones DIR was built for.
+# --replace-config: replace an existing S/qemu-kube.conf with --config FILE (atomically) instead
+# of keeping it, for a FILE that is the source of truth (a ConfigMap).
+# G may be a numeric gid (needs no group database: a container's is not the node's).
 #
 # Layout (docs/CHAIN.md):
 #   P/bin/qemu-kube                              root:G     4750  the setuid front
@@ -11,7 +21,8 @@
 #   P/lib/qemu-kube/qemu-kube.cjs.cache          root:root  0644  its V8 code cache (if the build made one)
 #   P/lib/qemu-kube/qemu-kube-cli.cjs            root:root  0644  operator commands
 #   P/lib/qemu-kube/node_modules/{koffi,@koromix/koffi-linux-ARCH}   root:root, only what loads
-#   S/qemu-kube.conf                             root:root  0644  only if it does not exist yet
+#   P/lib/qemu-kube/node                         root:root  0755  --from-stage only
+#   S/qemu-kube.conf                             root:root  0644  only if it does not exist yet (or --replace-config)
 #
 # The front refuses to run unless every file it trusts, and every directory above each, is
 # root-owned and not writable by group/others; this script refuses (exit 78) to install into a
@@ -25,9 +36,11 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
 die() { printf 'install.sh: %s\n' "$2" >&2; exit "$1"; }
 usage() { die 64 "$1 (usage: $0 --prefix P --sysconfdir S --group G [--node N] [--config FILE] | --uninstall --prefix P)"; }
 
-PREFIX= SYSCONFDIR= GROUP= NODE=/usr/bin/node CONFIG= UNINSTALL=0
+PREFIX= SYSCONFDIR= GROUP= NODE=/usr/bin/node CONFIG= UNINSTALL=0 FROM_STAGE= REPLACE_CONFIG=0
 while [ $# -gt 0 ]; do
   case $1 in
+    --from-stage) [ $# -ge 2 ] || usage "$1 needs a value"; FROM_STAGE=$2; shift 2 ;;
+    --replace-config) REPLACE_CONFIG=1; shift ;;
     --prefix|--sysconfdir|--group|--node|--config)
       [ $# -ge 2 ] || usage "$1 needs a value"
       case $1 in
@@ -119,7 +132,7 @@ fi
 abs_path --sysconfdir "$SYSCONFDIR"
 abs_path --node "$NODE"
 [ -n "$GROUP" ] || usage "--group is required (the group libvirt runs QEMU as, e.g. kvm or qemu)"
-getent group "$GROUP" > /dev/null || usage "no such group: $GROUP"
+[[ $GROUP =~ ^[0-9]+$ ]] || getent group "$GROUP" > /dev/null || usage "no such group: $GROUP"
 CONF_DEST=$SYSCONFDIR/qemu-kube.conf
 [ -n "$CONFIG" ] || CONFIG=$REPO/etc/qemu-kube.conf
 
@@ -128,26 +141,39 @@ case $(uname -m) in
   aarch64|arm64) ARCH=arm64 ;;
   *) die 64 "unsupported architecture $(uname -m)" ;;
 esac
-KOFFI_SRC=$REPO/node_modules/koffi
-KOFFI_NATIVE_SRC=$REPO/node_modules/@koromix/koffi-linux-$ARCH
+MODULES=$REPO/node_modules
+if [ -n "$FROM_STAGE" ]; then
+  [ -d "$FROM_STAGE" ] || die 66 "no staged tree at $FROM_STAGE"
+  MODULES=$FROM_STAGE/node_modules
+fi
+KOFFI_SRC=$MODULES/koffi
+KOFFI_NATIVE_SRC=$MODULES/@koromix/koffi-linux-$ARCH
 [ -f "$KOFFI_SRC/package.json" ] && [ -f "$KOFFI_NATIVE_SRC/linux_$ARCH/koffi.node" ] ||
-  die 66 "koffi is not installed in $REPO/node_modules (run npm ci first)"
+  die 66 "koffi is not installed in $MODULES (run npm ci first)"
 
 # Everything that will be trusted must sit in a root-controlled tree, before anything changes.
 check_tree "$PREFIX"
 check_tree "$SYSCONFDIR"
-check_tree "$NODE"
-[ -f "$NODE" ] || die 66 "no Node binary at $NODE (use --node)"
+if [ -z "$FROM_STAGE" ]; then
+  check_tree "$NODE"
+  [ -f "$NODE" ] || die 66 "no Node binary at $NODE (use --node)"
+fi
 if [ -e "$CONF_DEST" ] || [ -L "$CONF_DEST" ]; then
   [ -f "$CONF_DEST" ] || die 78 "refusing: $CONF_DEST is not a regular file"
-else
+fi
+if [ $REPLACE_CONFIG = 1 ] || [ ! -e "$CONF_DEST" ]; then
   [ -f "$CONFIG" ] || die 66 "no config to install: $CONFIG (use --config FILE)"
 fi
 
-STAGE=$(mktemp -d)
-trap 'rm -rf -- "$STAGE"' EXIT
-(cd "$REPO" && node scripts/build.mjs --prefix "$PREFIX" --sysconfdir "$SYSCONFDIR" --node "$NODE" --out "$STAGE") ||
-  die 70 "build failed"
+if [ -n "$FROM_STAGE" ]; then
+  STAGE=$FROM_STAGE
+  [ -f "$STAGE/node" ] || die 70 "the staged tree has no node binary: $STAGE/node"
+else
+  STAGE=$(mktemp -d)
+  trap 'rm -rf -- "$STAGE"' EXIT
+  (cd "$REPO" && node scripts/build.mjs --prefix "$PREFIX" --sysconfdir "$SYSCONFDIR" --node "$NODE" --out "$STAGE") ||
+    die 70 "build failed"
+fi
 for f in native/front native/enter qemu-kube.cjs qemu-kube-cli.cjs; do
   [ -f "$STAGE/$f" ] || die 70 "build did not produce $STAGE/$f"
 done
@@ -176,6 +202,8 @@ rm -rf -- "$NM_OLD"
 
 # The front last: it only ever points at pieces that are already in place.
 # The code cache before the bundle it belongs to; the bundle ignores a cache made for other code.
+# A staged Node before both: V8 rejects a cache made by another Node (compiles from source then).
+if [ -n "$FROM_STAGE" ]; then put 0755 root "$STAGE/node" "$LIB/node"; fi
 if [ -f "$STAGE/qemu-kube.cjs.cache" ]; then
   put 0644 root "$STAGE/qemu-kube.cjs.cache" "$LIB/qemu-kube.cjs.cache"
 else
@@ -186,11 +214,11 @@ put 0644 root "$STAGE/qemu-kube-cli.cjs" "$LIB/qemu-kube-cli.cjs"
 put 0755 root "$STAGE/native/enter" "$LIBEXEC/qemu-kube-enter"
 put 4750 "$GROUP" "$STAGE/native/front" "$BIN/qemu-kube"
 
-if [ -e "$CONF_DEST" ]; then
+if [ -e "$CONF_DEST" ] && [ $REPLACE_CONFIG = 0 ]; then
   echo "install.sh: kept the existing $CONF_DEST"
   check_node "$CONF_DEST"
 else
-  install -o root -g root -m 0644 -- "$CONFIG" "$CONF_DEST"
+  put 0644 root "$CONFIG" "$CONF_DEST"
 fi
 
 echo "install.sh: installed qemu-kube in $PREFIX (front: $BIN/qemu-kube, root:$GROUP 4750)"

@@ -1,0 +1,85 @@
+#!/bin/bash
+# The qemu-kube init container: put the node driver onto the node (deploy/daemonset.yaml).
+#
+#   install-entrypoint.sh [--target DIR] [--sysconf-target DIR] [--config FILE] [--group GID]
+#                         [--stage DIR] [--emptydir]
+#
+#   --target DIR          where the node's PREFIX is mounted (default /target): a hostPath, or an
+#                         emptyDir a libvirt container of the same pod mounts at PREFIX
+#   --sysconf-target DIR  where the node's SYSCONFDIR is mounted (default /target-etc)
+#   --config FILE         the qemu-kube.conf to install (a ConfigMap); it replaces the installed
+#                         one on every run. Without it an installed config is kept, and a missing
+#                         one is created from etc/qemu-kube.conf (every key at its default).
+#   --group GID           numeric gid that may run the front (default $QEMU_GROUP, else 107:
+#                         KubeVirt's qemu group). Numeric because the image's group database is
+#                         not the node's.
+#   --stage DIR           the staged tree (default: stage/ beside initcontainer/ in the image)
+#   --emptydir            the target is a fresh emptyDir: kubelet makes those 0777, so an *empty*
+#                         target that is a mount point of its own is made 0755 first. Only this
+#                         pod's containers can reach it, and init containers run before them.
+#
+# Image layout (initcontainer/Dockerfile), mirroring the repo:
+#   /opt/qemu-kube/initcontainer/install-entrypoint.sh   this script
+#   /opt/qemu-kube/scripts/install.sh                    does the install (--from-stage)
+#   /opt/qemu-kube/etc/qemu-kube.conf                    the default config
+#   /opt/qemu-kube/stage/                                initcontainer/make-stage.sh's output
+#
+# scripts/install.sh --from-stage does the work: the layout, root ownership, the 4750 root:GID
+# front, each file replaced atomically (temp + rename; the front last), and refusing (exit 78)
+# targets where the target or a directory above it is not root-owned or is writable by
+# group/others (root-owned sticky directories allowed, as the front allows them). This script
+# adds what only a container must check, before anything is written:
+#   - the target exists and is a directory, not a symlink (a missing one: the volume is not mounted);
+#   - the target's mount is not nosuid (the setuid bit would silently do nothing).
+# Exit codes: 64 usage, 66 missing input, 77 not root, 78 unsafe target (as scripts/install.sh).
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
+die() { printf 'install-entrypoint: %s\n' "$2" >&2; exit "$1"; }
+
+TARGET=/target SYSCONF_TARGET=/target-etc CONFIG= GROUP=${QEMU_GROUP:-107} STAGE=$HERE/stage EMPTYDIR=0
+while [ $# -gt 0 ]; do
+  case $1 in
+    --emptydir) EMPTYDIR=1; shift; continue ;;
+    --target|--sysconf-target|--config|--group|--stage) [ $# -ge 2 ] || die 64 "$1 needs a value" ;;
+    *) die 64 "unknown argument: $1 (see the header of $0)" ;;
+  esac
+  case $1 in
+    --target) TARGET=$2 ;; --sysconf-target) SYSCONF_TARGET=$2 ;; --config) CONFIG=$2 ;;
+    --group) GROUP=$2 ;; --stage) STAGE=$2 ;;
+  esac
+  shift 2
+done
+
+[ "$(id -u)" = 0 ] || die 77 "must run as root (it installs a setuid-root front)"
+[[ $GROUP =~ ^[0-9]+$ ]] || die 64 "--group/QEMU_GROUP must be a numeric gid, got: $GROUP"
+[ -z "$CONFIG" ] || [ -f "$CONFIG" ] || die 66 "no config at $CONFIG (is the ConfigMap mounted?)"
+
+for d in "$TARGET" "$SYSCONF_TARGET"; do
+  [ -L "$d" ] && die 78 "refusing: $d is a symlink (mount the volume there)"
+  case $d in "$TARGET"/*) continue ;; esac  # a sysconfdir inside the target is created by install.sh
+  [ -d "$d" ] || die 66 "no directory at $d (mount the node's directory there)"
+done
+REAL_TARGET=$(readlink -e -- "$TARGET")
+
+# The mount holding REAL_TARGET: the longest mount point above it in /proc/self/mountinfo (the
+# last one listed wins, it is the one on top). Sets MNT_POINT and MNT_OPTS (per-mount options).
+MNT_POINT= MNT_OPTS=
+while read -r _ _ _ _ mp opts _; do
+  mp=$(printf '%b' "${mp//\\/\\0}")  # mountinfo escapes space, tab, newline, \ as \ooo
+  case $REAL_TARGET/ in
+    "${mp%/}"/*) [ ${#mp} -lt ${#MNT_POINT} ] || { MNT_POINT=$mp MNT_OPTS=$opts; } ;;
+  esac
+done < /proc/self/mountinfo
+[[ ,$MNT_OPTS, != *,nosuid,* ]] ||
+  die 78 "refusing: $TARGET is on a nosuid mount ($MNT_POINT: $MNT_OPTS); the front's setuid bit would be ignored"
+
+if [ $EMPTYDIR = 1 ] && [ "$MNT_POINT" = "$REAL_TARGET" ] && [ "$(stat -c %u:%a -- "$REAL_TARGET")" = 0:777 ] &&
+   [ -z "$(ls -A -- "$REAL_TARGET")" ]; then
+  echo "install-entrypoint: $TARGET is a fresh emptyDir (0777, empty): making it 0755"
+  chmod 0755 -- "$REAL_TARGET"
+fi
+
+echo "install-entrypoint: installing $STAGE into $TARGET (the node's ${QK_PREFIX:-PREFIX}) and $SYSCONF_TARGET (${QK_SYSCONFDIR:-SYSCONFDIR}), front root:$GROUP 4750"
+exec bash "$HERE/scripts/install.sh" --from-stage "$STAGE" --prefix "$TARGET" --sysconfdir "$SYSCONF_TARGET" --group "$GROUP" \
+  ${CONFIG:+--config "$CONFIG" --replace-config}
