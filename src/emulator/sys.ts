@@ -48,7 +48,9 @@ function bind(): Sys {
   const openat = libc.func('int openat(int, const void *, int)')
   const read = libc.func('long read(int, void *, unsigned long)')
   const close = libc.func('int close(int)')
-  const openHow = koffi.struct('qk_open_how', { flags: 'uint64', mode: 'uint64', resolve: 'uint64' })
+  // Anonymous: koffi's type names are process-wide, and a named type could collide.
+  const openHow = koffi.struct({ flags: 'uint64', mode: 'uint64', resolve: 'uint64' })
+  const openHowPtr = koffi.pointer(openHow)
   const howSize = koffi.sizeof(openHow)
 
   const fail = (call: string): never => {
@@ -66,7 +68,7 @@ function bind(): Sys {
     },
     openat2(dirfd, path, flags, resolve) {
       const how = { flags, mode: 0, resolve }
-      const fd = Number(syscall(SYS_openat2, 'int', dirfd, 'str', path, 'qk_open_how *', how, 'size_t', howSize))
+      const fd = Number(syscall(SYS_openat2, 'int', dirfd, 'str', path, openHowPtr, how, 'size_t', howSize))
       return fd >= 0 ? fd : -koffi.errno()
     },
     clearCloexec(fd) {
