@@ -2,12 +2,16 @@
 // `N passed, N failed, N skipped` counted from tap's TAP stream (CI reads that line; tap's own
 // summary is not recognised). Test points that close a subtest are not counted, only leaves.
 import { spawn } from 'node:child_process'
+import { readdirSync } from 'node:fs'
 import { resolve } from 'node:path'
 
 const root = resolve(import.meta.dirname, '..')
+// Every *.test.ts under test/ (not the helper modules beside them), unless files are named.
+const testFiles = (dir) => readdirSync(`${root}/${dir}`, { withFileTypes: true }).flatMap((e) =>
+  e.isDirectory() ? testFiles(`${dir}/${e.name}`) : e.name.endsWith('.test.ts') ? [`${dir}/${e.name}`] : [])
 const files = process.argv.slice(2)
 const tap = spawn(process.execPath, [`${root}/node_modules/tap/dist/esm/run.mjs`, '--reporter=tap', '--disable-coverage',
-  '--timeout=1200', '--jobs=2', ...(files.length ? files : ['test/'])], { cwd: root, stdio: ['ignore', 'pipe', 'inherit'] })
+  '--timeout=1200', '--jobs=2', ...(files.length ? files : testFiles('test').sort())], { cwd: root, stdio: ['ignore', 'pipe', 'inherit'] })
 
 let passed = 0
 let failed = 0
