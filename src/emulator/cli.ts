@@ -3,7 +3,7 @@
 import { Command, Option } from 'commander'
 import { readFileSync } from 'node:fs'
 import { lookupUser, resolveAllowed } from './caller.ts'
-import { loadConfig, type Config } from './config.ts'
+import { loadConfig } from './config.ts'
 import { authorisedRecord, refusedRecord, type Decision } from './decision.ts'
 import { asQkError, QkError } from './errors.ts'
 import { classify } from './invocation.ts'
@@ -30,9 +30,9 @@ export async function runCli(argv: readonly string[]): Promise<number> {
     .option('--as <user>', 'the caller to simulate (default: first of allowed_users)')
     .argument('[qemu-args...]', 'the QEMU arguments libvirt would pass')
     .action(async (qemuArgs: string[], o: { config: string; env?: string[]; as?: string }) => {
-      const d = await explain(o.config, envFrom(o.env), qemuArgs, o.as)
-      process.stdout.write(`${JSON.stringify(d, null, 2)}\n`)
-      exitCode = d.outcome === 'refused' ? new QkError(d.code as never, '').exitCode : 0
+      const r = await explain(o.config, envFrom(o.env), qemuArgs, o.as)
+      process.stdout.write(`${JSON.stringify(r.decision, null, 2)}\n`)
+      exitCode = r.exitCode
     })
 
   program.command('check-config')
@@ -94,18 +94,19 @@ export async function runCli(argv: readonly string[]): Promise<number> {
   return exitCode
 }
 
-async function explain(configPath: string, env: Record<string, string | undefined>, qemuArgs: string[], as?: string): Promise<Decision> {
+/** The decision a launch with this environment and argv would get, and the exit status it implies. */
+async function explain(configPath: string, env: Record<string, string | undefined>, qemuArgs: string[], as?: string): Promise<{ decision: Decision; exitCode: number }> {
   const trail: Trail = {}
-  let config: Config | undefined
   try {
-    config = loadConfig(configPath)
+    const config = loadConfig(configPath)
     const inv = classify(env, qemuArgs)
-    if (inv.kind === 'probe') return { outcome: 'probe', code: 'OK', qemu: { path: config.probe_qemu_binary, from: 'host' } }
+    if (inv.kind === 'probe') return { decision: { outcome: 'probe', code: 'OK', qemu: { path: config.probe_qemu_binary, from: 'host' } }, exitCode: 0 }
     const caller = lookupUser(as ?? String(config.allowed_users[0] ?? ''))
     const a = await authorise(inv, { config, caller, now: () => new Date(), ops: sys(), consume: false }, trail)
-    return authorisedRecord(a)
+    return { decision: authorisedRecord(a), exitCode: 0 }
   } catch (e) {
-    return refusedRecord(asQkError(e), trail)
+    const err = asQkError(e)
+    return { decision: refusedRecord(err, trail), exitCode: err.exitCode }
   }
 }
 
