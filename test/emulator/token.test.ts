@@ -27,7 +27,7 @@ t.test('a valid token yields its jti, times and key', async (t) => {
 
 t.test('time: expired, not yet valid, too long-lived', async (t) => {
   await refused(t, sign(key, { iat: NOW_S - 70, exp: NOW_S - 10 }), 'ERR_TOKEN_EXPIRED')
-  await refused(t, sign(key, { iat: NOW_S - 30, exp: NOW_S - 2 }).then((x) => x), 'ERR_TOKEN_EXPIRED', policy({ clockTolerance: 0 }))
+  await refused(t, sign(key, { iat: NOW_S - 30, exp: NOW_S - 2 }), 'ERR_TOKEN_EXPIRED', policy({ clockTolerance: 0 }))
   t.ok(await verify(await sign(key, { iat: NOW_S - 30, exp: NOW_S - 2 })), 'within the clock tolerance')
   await refused(t, sign(key, { iat: NOW_S + 30, exp: NOW_S + 60 }), 'ERR_TOKEN_NOT_YET_VALID')
   await refused(t, sign(key, { nbf: NOW_S + 30 }), 'ERR_TOKEN_NOT_YET_VALID')

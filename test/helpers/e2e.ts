@@ -48,8 +48,8 @@ export interface E2e {
   start(vm: Vm, tok: string | undefined): Promise<VirshResult>
 }
 
-export const uidOf = (name: string) => Number(readFileSync('/etc/passwd', 'utf8').split('\n').find((l) => l.startsWith(`${name}:`))!.split(':')[2])
-export const gidOf = (name: string) => Number(readFileSync('/etc/group', 'utf8').split('\n').find((l) => l.startsWith(`${name}:`))!.split(':')[2])
+import { gidOf, uidOf } from './ids.ts'
+export { gidOf, uidOf }
 
 export async function setupE2e(t: Test, tag: string, extraConfig: Record<string, unknown> = {}): Promise<E2e> {
   if (!existsSync(LAUNCHER)) throw new Error(`no ${LAUNCHER}: run npm run build`)

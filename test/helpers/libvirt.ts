@@ -31,6 +31,7 @@ import {
   writeFileSync, writeSync,
 } from 'node:fs'
 import type { Test } from 'tap'
+import { gidOf } from './ids.ts'
 
 export const QEMU_CONF = '/etc/libvirt/qemu.conf'
 export const STATE_DIR = '/run/qemu-kube-test/libvirt'
@@ -275,9 +276,14 @@ process.on('exit', () => {
  */
 export function kvmLikeUdev(): void {
   if (!existsSync('/dev/kvm')) return
-  const gid = Number(readFileSync('/etc/group', 'utf8').split('\n').find((l) => l.startsWith('kvm:'))?.split(':')[2] ?? NaN)
+  let gid: number
+  try {
+    gid = gidOf('kvm')
+  } catch {
+    return // no kvm group: nothing to match
+  }
   const st = statSync('/dev/kvm')
-  if (Number.isNaN(gid) || (st.gid === gid && (st.mode & 0o060) === 0o060)) return
+  if (st.gid === gid && (st.mode & 0o060) === 0o060) return
   chownSync('/dev/kvm', st.uid, gid)
   chmodSync('/dev/kvm', (st.mode & 0o777) | 0o060)
 }

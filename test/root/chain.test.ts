@@ -6,6 +6,7 @@ import t from 'tap'
 import { spawn } from 'node:child_process'
 import { existsSync, openSync, closeSync, readdirSync, readlinkSync, readFileSync, writeFileSync } from 'node:fs'
 import { FIXTURES, installTemp } from '../helpers/install.ts'
+import { gidOf, uidOf } from '../helpers/ids.ts'
 import { makePod, requireRoot } from '../helpers/pod.ts'
 import { ISS, AUD, rsaKey, tempDir, writeKey } from '../helpers/tokens.ts'
 import { SignJWT } from 'jose'
@@ -14,7 +15,6 @@ if (!requireRoot(t)) process.exit(0)
 
 const USER = 'nobody'
 const GROUP = 'nogroup'
-const uidOf = (name: string) => Number(readFileSync('/etc/passwd', 'utf8').split('\n').find((l) => l.startsWith(`${name}:`))!.split(':')[2])
 const UID = uidOf(USER)
 const key = await rsaKey()
 const foreign = await rsaKey()
@@ -46,7 +46,6 @@ interface Run {
   report?: Record<string, any>
 }
 
-const gidOf = (name: string) => Number(readFileSync('/etc/group', 'utf8').split('\n').find((l) => l.startsWith(`${name}:`))!.split(':')[2])
 
 /**
  * Runs the installed front as USER with fds 5 and 28 open and a poisoned environment. Node
