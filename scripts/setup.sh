@@ -16,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
-  gcc libc6-dev make util-linux iproute2 procps)
+  podman runc catatonit gcc libc6-dev make util-linux iproute2 procps)
 # What `npm run build` writes; the first is rewritten by every build and serves as its stamp.
 BUILT=(dist/qemu-kube.cjs dist/qemu-kube-cli.cjs dist/virt-launcher.cjs dist/virt-launcher
   dist/native/front dist/native/enter dist/native/fixtures/pause dist/native/fixtures/reporter)
