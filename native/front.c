@@ -29,6 +29,7 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
+#include <sys/time.h>
 #include <sys/types.h>
 #include <unistd.h>
 #include "json-error.h"
@@ -416,6 +417,18 @@ int main(int argc, char **argv)
 	struct rlimit nocore = {0, 0};
 	if (setrlimit(RLIMIT_CORE, &nocore) != 0)
 		bail("ERR_FRONT_RLIMIT", "setrlimit(RLIMIT_CORE, 0)", "");
+
+	/*
+	 * Interval timers survive execve: the caller could arm one so that SIGALRM, SIGVTALRM or
+	 * SIGPROF (default action: terminate) kills the root chain at a moment it chose, e.g. between
+	 * the replay record and the launch. Disarm all three before Node runs; nobody but this
+	 * process can re-arm them once we are root.
+	 */
+	static const int timers[] = {ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF};
+	struct itimerval off = {{0, 0}, {0, 0}};
+	for (size_t i = 0; i < sizeof timers / sizeof timers[0]; i++)
+		if (setitimer(timers[i], &off, NULL) != 0)
+			bail("ERR_FRONT_RLIMIT", "setitimer(0)", "");
 
 	char *s_uid = malloc(16), *s_gid = malloc(16);
 	unsigned fdv[MAX_FDS];

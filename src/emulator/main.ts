@@ -29,6 +29,11 @@ const started = process.hrtime.bigint()
 async function emulate(args: readonly string[]): Promise<number> {
   // The logger exists before anything can fail, so even a broken config gets its decision line.
   const log = makeLogger()
+  // A caller with a terminal could stop the root stages with ^Z (the tty sends SIGTSTP whatever
+  // our uid) and resume them at a moment it chose. Caught, not ignored: exec resets caught
+  // signals to default, so QEMU gets ordinary job control back. (SIGSTOP and freezers cannot be
+  // refused; replay.ts orders its facts so that such a pause gains nothing.)
+  for (const s of ['SIGTSTP', 'SIGTTIN', 'SIGTTOU'] as const) process.on(s, () => {})
   const trail: Trail = {}
   try {
     const front = parseFront(args)
@@ -44,7 +49,7 @@ async function emulate(args: readonly string[]): Promise<number> {
     await lockWarm
     joinCgroups(a)
     decide(log, authorisedRecord(a))
-    return handOff(launchPlan(a, front.fds), sys())
+    return handOff(launchPlan(a, front.fds, config), sys())
   } catch (e) {
     const err = asQkError(e)
     decide(log, refusedRecord(err, trail))

@@ -1,10 +1,17 @@
 // Stage: single use. libvirt writes <qemu:env> values into the domain log, so a token must start
-// one QEMU and no more. Each accepted jti becomes a file in a root-only state dir, created with
-// O_EXCL (the kernel arbitrates concurrent launches), named by the jti's hash (the jti is
-// signed, but a file name is no place for arbitrary strings) and dated by its exp. Records whose
-// token has expired, tolerance included, can never match again and are purged.
-import { closeSync, constants, futimesSync, lstatSync, mkdirSync, openSync, readdirSync, unlinkSync, type Stats } from 'node:fs'
-import { createHash } from 'node:crypto'
+// one QEMU and no more. Each accepted jti becomes a file in a root-only state dir, named by the
+// jti's hash (the jti is signed, but a file name is no place for arbitrary strings) and dated by
+// its exp. Records whose token has expired, tolerance included, can never match again and are
+// purged. The order of facts, not timing, keeps this sound (a caller can freeze the chain at
+// any step, e.g. with a cgroup freezer, for as long as it likes):
+//   1. the record is made under a temporary name, dated, then link()ed into place: link fails
+//      with EEXIST if the jti is recorded (the kernel arbitrates concurrent launches), and no
+//      record is ever visible undated (a kill before its date would leave one purged at once);
+//   2. only then is the clock read again: a purge removes a record only after its token has
+//      expired, so a launch that got its record after such a purge sees that expiry here and is
+//      refused. A token valid at this moment has its record in place until it expires.
+import { closeSync, constants, futimesSync, linkSync, lstatSync, mkdirSync, openSync, readdirSync, unlinkSync, type Stats } from 'node:fs'
+import { createHash, randomBytes } from 'node:crypto'
 import { QkError, errnoOf } from './errors.ts'
 
 export interface ReplayRecord {
@@ -12,21 +19,44 @@ export interface ReplayRecord {
   exp: number
 }
 
-export function recordOnce(stateDir: string, t: ReplayRecord, now: Date, tolerance: number): void {
+const RECORD = /^[0-9a-f]{64}$/
+const TEMP = /^\.tmp-[0-9a-f]{32}$/
+/** A temporary file older than this belongs to a launch that was killed; it never counts as a record. */
+const TEMP_MAX_AGE_S = 3600
+
+/** Records the jti once; `now` is read after the record exists (see the order above). */
+export function recordOnce(stateDir: string, t: ReplayRecord, now: () => Date, tolerance: number): void {
   ensureStateDir(stateDir)
+  const temp = `${stateDir}/.tmp-${randomBytes(16).toString('hex')}`
   let fd: number
   try {
-    fd = openSync(recordPath(stateDir, t.jti), constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600)
+    fd = openSync(temp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600)
+  } catch (err) {
+    throw new QkError('ERR_OS', `cannot create a record in ${stateDir}: ${errnoOf(err) ?? 'error'}`, { stateDir })
+  }
+  try {
+    try {
+      futimesSync(fd, t.exp, t.exp)
+    } finally {
+      closeSync(fd)
+    }
+    linkSync(temp, recordPath(stateDir, t.jti))
   } catch (err) {
     if (errnoOf(err) === 'EEXIST') throw replayed(t.jti)
     throw new QkError('ERR_OS', `cannot record jti in ${stateDir}: ${errnoOf(err) ?? 'error'}`, { stateDir })
-  }
-  try {
-    futimesSync(fd, t.exp, t.exp)
   } finally {
-    closeSync(fd)
+    try {
+      unlinkSync(temp)
+    } catch {
+      // Purged by a concurrent launch; the record, if linked, stands on its own.
+    }
   }
-  purgeExpired(stateDir, now, tolerance)
+  const late = now().getTime() / 1000
+  if (late > t.exp + tolerance) {
+    throw new QkError('ERR_TOKEN_EXPIRED',
+      `"exp" passed while the launch was checked: expected now <= exp + ${tolerance} s, got now = exp + ${Math.round(late - t.exp)} s`)
+  }
+  purgeExpired(stateDir, new Date(late * 1000), tolerance)
 }
 
 /** For `explain`: would this token be refused as replayed? Writes nothing. */
@@ -40,12 +70,16 @@ export function checkNotReplayed(stateDir: string, jti: string): void {
 }
 
 export function purgeExpired(stateDir: string, now: Date, tolerance: number): void {
-  const cutoff = now.getTime() / 1000 - tolerance
+  const nowS = now.getTime() / 1000
   for (const name of readdirSync(stateDir)) {
-    if (!/^[0-9a-f]{64}$/.test(name)) continue
+    const record = RECORD.test(name)
+    if (!record && !TEMP.test(name)) continue
     const path = `${stateDir}/${name}`
     try {
-      if (lstatSync(path).mtimeMs / 1000 < cutoff) unlinkSync(path)
+      const st = lstatSync(path)
+      // A record goes once its token can no longer pass verification; a temporary file once it
+      // is surely abandoned (it is dated only just before its link).
+      if (record ? st.mtimeMs / 1000 < nowS - tolerance : st.ctimeMs / 1000 < nowS - TEMP_MAX_AGE_S) unlinkSync(path)
     } catch {
       // A concurrent launch purged it first.
     }

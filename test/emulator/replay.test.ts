@@ -1,28 +1,73 @@
 import t from 'tap'
-import { chmodSync, mkdirSync, readdirSync } from 'node:fs'
-import { checkNotReplayed, recordOnce } from '../../src/emulator/replay.ts'
+import { createHash } from 'node:crypto'
+import { chmodSync, lstatSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs'
+import { checkNotReplayed, purgeExpired, recordOnce } from '../../src/emulator/replay.ts'
 import { NOW, NOW_S, tempDir } from '../helpers/tokens.ts'
+
+const at = (s: number) => () => new Date(s * 1000)
+const clock = () => NOW
+const rec = (jti: string) => createHash('sha256').update(jti).digest('hex')
 
 t.test('each jti starts one QEMU: ERR_TOKEN_REPLAYED', async (t) => {
   const dir = `${tempDir(t)}/state`
-  recordOnce(dir, { jti: 'a', exp: NOW_S + 50 }, NOW, 5)
-  t.throws(() => recordOnce(dir, { jti: 'a', exp: NOW_S + 50 }, NOW, 5), { code: 'ERR_TOKEN_REPLAYED' })
-  t.throws(() => checkNotReplayed(dir, 'a'), { code: 'ERR_TOKEN_REPLAYED' })
+  recordOnce(dir, { jti: 'a', exp: NOW_S + 50 }, clock, 5)
+  const message = 'token jti "a" was already used to start a QEMU'
+  t.throws(() => recordOnce(dir, { jti: 'a', exp: NOW_S + 50 }, clock, 5), { code: 'ERR_TOKEN_REPLAYED', message })
+  t.throws(() => checkNotReplayed(dir, 'a'), { code: 'ERR_TOKEN_REPLAYED', message })
   t.doesNotThrow(() => checkNotReplayed(dir, 'b'))
-  recordOnce(dir, { jti: 'b', exp: NOW_S + 50 }, NOW, 5)
-  t.equal(readdirSync(dir).length, 2)
+  recordOnce(dir, { jti: 'b', exp: NOW_S + 50 }, clock, 5)
+  t.same(readdirSync(dir).sort(), [rec('a'), rec('b')].sort(), 'exactly the two records, no temporary file left')
 })
 
-t.test('records of expired tokens are purged', async (t) => {
+t.test('records of expired tokens are purged, the others survive', async (t) => {
   const dir = `${tempDir(t)}/state`
-  recordOnce(dir, { jti: 'old', exp: NOW_S - 100 }, new Date((NOW_S - 110) * 1000), 5)
-  recordOnce(dir, { jti: 'new', exp: NOW_S + 50 }, NOW, 5)
-  t.equal(readdirSync(dir).length, 1)
+  recordOnce(dir, { jti: 'old', exp: NOW_S - 100 }, at(NOW_S - 110), 5)
+  recordOnce(dir, { jti: 'edge', exp: NOW_S - 5 }, at(NOW_S - 10), 5)
+  recordOnce(dir, { jti: 'new', exp: NOW_S + 50 }, clock, 5)
+  t.same(readdirSync(dir).sort(), [rec('edge'), rec('new')].sort(), '"old" expired beyond tolerance; "edge" is exactly at it and stays')
+})
+
+t.test('a record is dated by its exp the moment it exists', async (t) => {
+  const dir = `${tempDir(t)}/state`
+  recordOnce(dir, { jti: 'a', exp: NOW_S + 50 }, clock, 5)
+  t.equal(lstatSync(`${dir}/${rec('a')}`).mtimeMs, (NOW_S + 50) * 1000)
+})
+
+// Issue 8 item 1: a launch killed between creating its record and dating it used to leave a
+// record dated "now", purged tolerance seconds later: the token could start a second QEMU.
+// Records are now linked into place already dated; what a kill can leave is a temporary file,
+// which never counts as a record and is purged once surely abandoned.
+t.test('a launch killed mid-record leaves no record, only a temporary file that never matches', async (t) => {
+  const dir = `${tempDir(t)}/state`
+  mkdirSync(dir, { mode: 0o700 })
+  const temp = `${dir}/.tmp-${'0'.repeat(32)}`
+  writeFileSync(temp, '')
+  t.doesNotThrow(() => checkNotReplayed(dir, 'a'))
+  recordOnce(dir, { jti: 'a', exp: NOW_S + 50 }, clock, 5)
+  t.same(readdirSync(dir).sort(), [`.tmp-${'0'.repeat(32)}`, rec('a')].sort(), 'a fresh temporary file is left alone')
+  purgeExpired(dir, new Date(Date.now() + 3601 * 1000), 5)
+  t.same(readdirSync(dir), [], 'an hour later both are gone (the record expired long before)')
+})
+
+// Issue 8 item 1, the attack: the token check passed at NOW, the caller froze the chain until
+// after exp + tolerance, another start purged the first use's record. The clock is read again
+// once the record exists, so the resumed launch is refused.
+t.test('a token that expired before its record existed is refused: ERR_TOKEN_EXPIRED', async (t) => {
+  const dir = `${tempDir(t)}/state`
+  t.throws(() => recordOnce(dir, { jti: 'a', exp: NOW_S + 50 }, at(NOW_S + 56), 5), {
+    code: 'ERR_TOKEN_EXPIRED',
+    message: '"exp" passed while the launch was checked: expected now <= exp + 5 s, got now = exp + 6 s',
+  })
+  t.same(readdirSync(dir), [rec('a')], 'the record stays (the token is used up either way)')
+  t.doesNotThrow(() => recordOnce(dir, { jti: 'b', exp: NOW_S + 50 }, at(NOW_S + 55), 5), 'exp + tolerance itself is still valid')
 })
 
 t.test('the state dir must be ours and private: ERR_STATE_DIR_UNSAFE', async (t) => {
   const dir = `${tempDir(t)}/state`
   mkdirSync(dir, { mode: 0o755 })
   chmodSync(dir, 0o755)
-  t.throws(() => recordOnce(dir, { jti: 'a', exp: NOW_S + 50 }, NOW, 5), { code: 'ERR_STATE_DIR_UNSAFE' })
+  t.throws(() => recordOnce(dir, { jti: 'a', exp: NOW_S + 50 }, clock, 5), {
+    code: 'ERR_STATE_DIR_UNSAFE',
+    message: `${dir} must be a directory owned by uid ${process.geteuid?.()} with mode 0700, is uid ${process.geteuid?.()} mode 755`,
+  })
 })

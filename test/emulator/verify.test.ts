@@ -1,12 +1,14 @@
 // The whole pipeline on a fake /proc with generated keys and a frozen clock: one authorised
 // launch, and the trail each refusal leaves for the decision line.
 import t, { type Test } from 'tap'
-import { existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs'
+import { createHash } from 'node:crypto'
+import { existsSync, mkdirSync, readdirSync, utimesSync, writeFileSync } from 'node:fs'
+import { purgeExpired } from '../../src/emulator/replay.ts'
 import { schema } from '../../src/emulator/config.ts'
 import { sys } from '../../src/emulator/sys.ts'
 import { authorise, type Trail } from '../../src/emulator/verify.ts'
 import { fakeOps, fakeProc, launcher } from '../helpers/fakeproc.ts'
-import { NOW, VM, rsaKey, sign, tempDir, writeKey } from '../helpers/tokens.ts'
+import { NOW, NOW_S, VM, rsaKey, sign, tempDir, writeKey } from '../helpers/tokens.ts'
 
 const key = await rsaKey()
 const CALLER = { uid: 64055, gid: 994, groups: [] }
@@ -83,4 +85,44 @@ t.test('refusals stop the pipeline where they happen and leave a trail', async (
     t.same(trail, { vm: VM }, 'a bad token never reaches /proc')
     await t.rejects(authorise(inv, { ...ctx, caller: { uid: 1, gid: 1, groups: [] } }, {}), { code: 'ERR_CALLER_NOT_ALLOWED' })
   }
+})
+
+// Issue 8 item 1: a launch stopped right after the token check, resumed once the token has
+// expired and another start has purged its first use, must not start a second QEMU.
+t.test('replay after expiry: a token that expires while the launch is checked is refused after recording', async (t) => {
+  const { ctx, inv, dir } = await setup(t)
+  // Launch A passes the token check at NOW and is frozen by its caller while it reads the pod.
+  // Meanwhile launch B uses the same token (its record appears), time passes beyond exp +
+  // tolerance, and some other start purges B's record. Then A resumes.
+  const late = new Date((NOW_S + 50 + 5 + 1) * 1000)
+  let clock = NOW
+  let survived: string[] = []
+  const ops = {
+    ...ctx.ops,
+    openat2: (d: number, p: string, f: number, r: number) => {
+      mkdirSync(`${dir}/state`, { mode: 0o700, recursive: true })
+      writeFileSync(`${dir}/state/${createHash('sha256').update('jti-1').digest('hex')}`, '')
+      utimesSync(`${dir}/state/${createHash('sha256').update('jti-1').digest('hex')}`, NOW_S + 50, NOW_S + 50)
+      clock = late
+      purgeExpired(`${dir}/state`, late, 5)
+      survived = readdirSync(`${dir}/state`)
+      return ctx.ops.openat2(d, p, f, r)
+    },
+  }
+  await t.rejects(authorise(inv, { ...ctx, ops, now: () => clock }, {}), {
+    code: 'ERR_TOKEN_EXPIRED',
+    message: '"exp" passed while the launch was checked: expected now <= exp + 5 s, got now = exp + 6 s',
+  })
+  t.same(survived, [], 'B\'s record was purged while A was frozen')
+})
+
+t.test('a used token never makes root scan /proc or open pod files', async (t) => {
+  const { ctx, inv } = await setup(t)
+  await authorise(inv, ctx, {})
+  let opened = 0
+  const ops = { ...ctx.ops, openat2: (d: number, p: string, f: number, r: number) => (opened++, ctx.ops.openat2(d, p, f, r)) }
+  const trail: Trail = {}
+  await t.rejects(authorise(inv, { ...ctx, ops }, trail), { code: 'ERR_TOKEN_REPLAYED', message: 'token jti "jti-1" was already used to start a QEMU' })
+  t.equal(trail.target, undefined, 'no /proc scan')
+  t.equal(opened, 0, 'no pod file opened')
 })
