@@ -24,7 +24,7 @@
 #   /opt/qemu-kube/etc/qemu-kube.conf                    the default config
 #   /opt/qemu-kube/stage/                                initcontainer/make-stage.sh's output
 #
-# scripts/install.sh --from-stage does the work: the layout, root ownership, the 4750 root:GID
+# scripts/install.sh --from-stage does the work: the layout, root ownership, the 4755 root:GID
 # front, each file replaced atomically (temp + rename; the front last), and refusing (exit 78)
 # targets where the target or a directory above it is not root-owned or is writable by
 # group/others (root-owned sticky directories allowed, as the front allows them). This script
@@ -80,6 +80,6 @@ if [ $EMPTYDIR = 1 ] && [ "$MNT_POINT" = "$REAL_TARGET" ] && [ "$(stat -c %u:%a 
   chmod 0755 -- "$REAL_TARGET"
 fi
 
-echo "install-entrypoint: installing $STAGE into $TARGET (the node's ${QK_PREFIX:-PREFIX}) and $SYSCONF_TARGET (${QK_SYSCONFDIR:-SYSCONFDIR}), front root:$GROUP 4750"
+echo "install-entrypoint: installing $STAGE into $TARGET (the node's ${QK_PREFIX:-PREFIX}) and $SYSCONF_TARGET (${QK_SYSCONFDIR:-SYSCONFDIR}), front root:$GROUP 4755"
 exec bash "$HERE/scripts/install.sh" --from-stage "$STAGE" --prefix "$TARGET" --sysconfdir "$SYSCONF_TARGET" --group "$GROUP" \
   ${CONFIG:+--config "$CONFIG" --replace-config}

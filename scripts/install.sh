@@ -15,7 +15,10 @@
 # G may be a numeric gid (needs no group database: a container's is not the node's).
 #
 # Layout (docs/CHAIN.md):
-#   P/bin/qemu-kube                              root:G     4750  the setuid front
+#   P/bin/qemu-kube                              root:G     4755  the setuid front (world-executable:
+#                                                                  each VM runs as its own uid, no
+#                                                                  group names them all; Node's first
+#                                                                  check is the uid against vm_uid_range)
 #   P/libexec/qemu-kube/qemu-kube-enter          root:root  0755
 #   P/lib/qemu-kube/qemu-kube.cjs                root:root  0644  the launch path
 #   P/lib/qemu-kube/qemu-kube.cjs.cache          root:root  0644  its V8 code cache (if the build made one)
@@ -212,7 +215,7 @@ fi
 put 0644 root "$STAGE/qemu-kube.cjs" "$LIB/qemu-kube.cjs"
 put 0644 root "$STAGE/qemu-kube-cli.cjs" "$LIB/qemu-kube-cli.cjs"
 put 0755 root "$STAGE/native/enter" "$LIBEXEC/qemu-kube-enter"
-put 4750 "$GROUP" "$STAGE/native/front" "$BIN/qemu-kube"
+put 4755 "$GROUP" "$STAGE/native/front" "$BIN/qemu-kube"
 
 if [ -e "$CONF_DEST" ] && [ $REPLACE_CONFIG = 0 ]; then
   echo "install.sh: kept the existing $CONF_DEST"
@@ -221,4 +224,4 @@ else
   put 0644 root "$CONFIG" "$CONF_DEST"
 fi
 
-echo "install.sh: installed qemu-kube in $PREFIX (front: $BIN/qemu-kube, root:$GROUP 4750)"
+echo "install.sh: installed qemu-kube in $PREFIX (front: $BIN/qemu-kube, root:$GROUP 4755)"

@@ -2,7 +2,6 @@
 // starting Node for them) and may take --config, unlike the emulator path.
 import { Command, Option } from 'commander'
 import { readFileSync } from 'node:fs'
-import { lookupUser, resolveAllowed } from './caller.ts'
 import { loadConfig } from './config.ts'
 import { authorisedRecord, refusedRecord, type Decision } from './decision.ts'
 import { asQkError, QkError } from './errors.ts'
@@ -10,6 +9,7 @@ import { classify } from './invocation.ts'
 import { loadKeys } from './keys.ts'
 import { CONFIG_PATH } from './paths.ts'
 import { sys } from './sys.ts'
+import { QEMU_UID_CLAIM } from './token.ts'
 import { issueToken, keygen, parseTtl } from './tokens-cli.ts'
 import { authorise, type Trail } from './verify.ts'
 
@@ -27,7 +27,7 @@ export async function runCli(argv: readonly string[]): Promise<number> {
       + 'print the decision as JSON; consumes no token and touches no namespace')
     .addOption(configOption())
     .option('-e, --env <KEY=VALUE...>', 'set a KUBEVIRT_* variable instead of taking it from the environment')
-    .option('--as <user>', 'the caller to simulate (default: first of allowed_users)')
+    .option('--as <uid>', 'the caller uid to simulate (gid = uid, as libvirt runs a +UID:+UID seclabel; default: the token\'s qemu_uid claim)')
     .argument('[qemu-args...]', 'the QEMU arguments libvirt would pass')
     .action(async (qemuArgs: string[], o: { config: string; env?: string[]; as?: string }) => {
       const r = await explain(o.config, envFrom(o.env), qemuArgs, o.as)
@@ -41,8 +41,7 @@ export async function runCli(argv: readonly string[]): Promise<number> {
     .action((o: { config: string }) => {
       const cfg = loadConfig(o.config)
       const keys = loadKeys(cfg.token_public_keys).map((k) => ({ kid: k.kid, file: k.file, type: k.key.asymmetricKeyType }))
-      const allowed = resolveAllowed(cfg)
-      process.stdout.write(`${JSON.stringify({ ok: true, config: o.config, effective: cfg, allowed, keys }, null, 2)}\n`)
+      process.stdout.write(`${JSON.stringify({ ok: true, config: o.config, effective: cfg, keys }, null, 2)}\n`)
     })
 
   program.command('keygen')
@@ -58,17 +57,19 @@ export async function runCli(argv: readonly string[]): Promise<number> {
     .requiredOption('--key <file>', 'PEM private key')
     .requiredOption('--vm-uuid <uuid>', 'KUBEVIRT_VM_UUID of the VM')
     .requiredOption('--vm-name <name>', 'KUBEVIRT_VM_NAME of the VM')
+    .requiredOption('--qemu-uid <uid>', 'the VM\'s host uid (its seclabel +UID:+UID, from vm_uid_range; one per live VM)')
     .option('--ttl <duration>', 'lifetime, e.g. 60s or 1m (at most token_max_lifetime)', '60s')
     .option('--alg <alg>', 'RS256 or PS256', 'RS256')
     .option('--kid <kid>', 'key id to put in the header')
     .option('--issuer <iss>', 'default: token_issuer from the config')
     .option('--audience <aud>', 'default: token_audience from the config')
     .addOption(configOption())
-    .action(async (o: { key: string; vmUuid: string; vmName: string; ttl: string; alg: string; kid?: string; issuer?: string; audience?: string; config: string }) => {
+    .action(async (o: { key: string; vmUuid: string; vmName: string; qemuUid: string; ttl: string; alg: string; kid?: string; issuer?: string; audience?: string; config: string }) => {
       const cfg = o.issuer !== undefined && o.audience !== undefined ? undefined : loadConfig(o.config)
       const jws = await issueToken({
         key: readFileSync(o.key, 'utf8'),
         vm: { uuid: o.vmUuid, name: o.vmName },
+        qemuUid: uidArg(o.qemuUid),
         ttl: parseTtl(o.ttl),
         alg: o.alg,
         issuer: o.issuer ?? cfg!.token_issuer,
@@ -101,13 +102,31 @@ async function explain(configPath: string, env: Record<string, string | undefine
     const config = loadConfig(configPath)
     const inv = classify(env, qemuArgs)
     if (inv.kind === 'probe') return { decision: { outcome: 'probe', code: 'OK', qemu: { path: config.probe_qemu_binary, from: 'host' } }, exitCode: 0 }
-    const caller = lookupUser(as ?? String(config.allowed_users[0] ?? ''))
+    const uid = as === undefined ? claimedUid(inv.token) : Number(as)
+    if (!Number.isSafeInteger(uid) || uid < 0) throw new QkError('ERR_USAGE', `--as takes a numeric uid, got ${JSON.stringify(String(as).slice(0, 40))}`)
+    const caller = { uid, gid: uid, groups: [uid] }
     const a = await authorise(inv, { config, caller, now: () => new Date(), ops: sys(), consume: false }, trail)
     return { decision: authorisedRecord(a), exitCode: 0 }
   } catch (e) {
     const err = asQkError(e)
     return { decision: refusedRecord(err, trail), exitCode: err.exitCode }
   }
+}
+
+function uidArg(s: string): number {
+  if (!/^[1-9]\d{0,9}$/.test(s) || Number(s) > 4294967294) throw new QkError('ERR_USAGE', `--qemu-uid takes a uid from 1 to 4294967294, got ${JSON.stringify(s.slice(0, 40))}`)
+  return Number(s)
+}
+
+/** The uid the token claims, unverified: only to pick whom `explain` simulates; authorise() checks it. */
+function claimedUid(token: string): number {
+  try {
+    const claim = JSON.parse(Buffer.from(token.split('.')[1] ?? '', 'base64url').toString('utf8'))[QEMU_UID_CLAIM]
+    if (typeof claim === 'number') return claim
+  } catch {
+    // fall through: authorise() reports the malformed token with its own code
+  }
+  return -1
 }
 
 function envFrom(pairs: string[] | undefined): Record<string, string | undefined> {

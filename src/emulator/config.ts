@@ -8,7 +8,9 @@ import { readTrustedFile, type FileMeta } from './trusted-file.ts'
 
 const absPath = z.string().check(z.regex(/^\/[^\0]*$/, 'must be an absolute path'))
 const seconds = (min: number, max: number) => z.int().check(z.minimum(min), z.maximum(max))
-const principal = z.union([z.string().check(z.regex(/^[a-z_][a-z0-9_.-]*\$?$/i, 'must be a user/group name or a numeric id')), z.int().check(z.minimum(0))])
+// A host uid/gid for QEMU: never 0 (root, or root's group, in a pod owns the pod), never -1.
+const id = z.int().check(z.minimum(1, 'must not be 0 (root)'), z.maximum(4294967294))
+export const DEVICES = ['kvm', 'tun', 'vhost-net'] as const
 export const NAMESPACES = ['mnt', 'net', 'ipc', 'uts', 'cgroup', 'pid'] as const
 export const ALGORITHMS = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA'] as const
 
@@ -37,10 +39,14 @@ export const schema = z.strictObject({
   qemu_binary: z._default(absPath, '/usr/bin/qemu-system-x86_64'),
   qemu_binary_from: z._default(z.enum(['pod', 'host']), 'pod'),
   probe_qemu_binary: z._default(absPath, '/usr/bin/qemu-system-x86_64'),
-  allowed_users: z._default(z.array(principal), ['libvirt-qemu']),
-  allowed_groups: z._default(z.array(principal), []),
-  qemu_user: z.optional(principal),
-  qemu_group: z.optional(principal),
+  // One host identity per VM: libvirt runs each domain's emulator as the uid:gid of its
+  // <seclabel model='dac'> (uid = gid), the token binds that uid, QEMU keeps it.
+  vm_uid_range: z._default(z.tuple([id, id]).check(z.refine((r) => r[0] <= r[1], 'must be [first, last] with first <= last')), [20000, 29999]),
+  qemu_groups: z._default(z.array(id).check(unique('qemu_groups')), []),
+  qemu_mount_namespace: z._default(z.enum(['own', 'pod']), 'own'),
+  qemu_devices: z._default(z.array(z.enum(DEVICES)).check(unique('qemu_devices')), []),
+  libvirt_domain_roots: z._default(z.array(absPath).check(z.minLength(1), unique('libvirt_domain_roots')), ['/var/lib/libvirt/qemu', '/run/libvirt/qemu']),
+  pod_link_socket: z._default(z.union([absPath, z.literal('')]), '/var/run/kubevirt-private/qemu-kube/launcher.sock'),
   state_dir: z._default(absPath, '/run/qemu-kube'),
   log_level: z._default(z.enum(['debug', 'info', 'warn', 'error']), 'info'),
 })
@@ -61,6 +67,11 @@ export function parseConfig(text: string, path: string): Config {
     const line = typeof err === 'object' && err !== null && 'line' in err ? Number(err.line) : undefined
     throw new QkError('ERR_CONFIG_SYNTAX', `${path}${line === undefined ? '' : `:${line}`}: not valid key = value syntax`, { path, line })
   }
+  const gone = Object.keys(doc as object).filter((k) => k in REMOVED)
+  if (gone.length > 0) {
+    const problems = gone.map((k) => `${path}${lineSuffix(text, k)}: ${k} is no longer read: ${REMOVED[k]}`)
+    throw new QkError('ERR_CONFIG_INVALID', problems.join('; '), { path, problems })
+  }
   const result = schema.safeParse(doc)
   if (result.success) return result.data
   const problems = result.error.issues.map((issue) => {
@@ -71,6 +82,19 @@ export function parseConfig(text: string, path: string): Config {
     return `${path}${where === undefined ? '' : `:${where}`}: ${what}`
   })
   throw new QkError('ERR_CONFIG_INVALID', problems.join('; '), { path, problems })
+}
+
+// Keys of earlier releases, refused with what replaced them rather than as unknown.
+const REMOVED: Record<string, string> = {
+  allowed_users: 'launches come from the per-VM uids in vm_uid_range (one host identity per VM)',
+  allowed_groups: 'launches come from the per-VM uids in vm_uid_range (one host identity per VM)',
+  qemu_user: 'QEMU runs as its VM\'s own uid (the domain\'s DAC <seclabel>, bound by the token\'s qemu_uid claim)',
+  qemu_group: 'QEMU runs with its VM\'s own gid (= its uid) plus qemu_groups',
+}
+
+function lineSuffix(text: string, key: string): string {
+  const where = lineOf(text, key)
+  return where === undefined ? '' : `:${where}`
 }
 
 function lineOf(text: string, key: string): number | undefined {

@@ -17,6 +17,7 @@ export function authorisedRecord(a: Authorized): Decision {
     jti: a.jti,
     namespaces: a.namespaces,
     cgroups: a.cgroups.map((c) => c.dir),
+    carry: a.carry.dirs,
     qemu: { path: a.qemu.path, from: a.qemu.from },
   }
 }

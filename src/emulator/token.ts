@@ -7,7 +7,9 @@ import { QkError } from './errors.ts'
 import type { PublicKey } from './keys.ts'
 
 export const VM_NAME_CLAIM = 'vm_name'
-const REQUIRED = ['iss', 'aud', 'sub', 'jti', 'iat', 'exp', VM_NAME_CLAIM]
+/** The VM's host identity, allocated by the issuer: QEMU runs as uid = gid = this. */
+export const QEMU_UID_CLAIM = 'qemu_uid'
+const REQUIRED = ['iss', 'aud', 'sub', 'jti', 'iat', 'exp', VM_NAME_CLAIM, QEMU_UID_CLAIM]
 const COMPACT_JWS = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$/
 export const MAX_TOKEN_LENGTH = 16 * 1024
 
@@ -25,10 +27,18 @@ export interface VerifiedToken {
   iat: number
   exp: number
   kid: string
+  qemuUid: number
+}
+
+/** What the token must be bound to: the VM libvirt named and the uid libvirt ran us as. */
+export interface Binding {
+  uuid: string
+  name: string
+  uid: number
 }
 
 export async function verifyToken(
-  jws: string, vm: { uuid: string; name: string }, policy: TokenPolicy, now: Date,
+  jws: string, vm: Binding, policy: TokenPolicy, now: Date,
 ): Promise<VerifiedToken> {
   if (jws.length > MAX_TOKEN_LENGTH || !COMPACT_JWS.test(jws)) {
     throw new QkError('ERR_TOKEN_MALFORMED', 'KUBEVIRT_SECRET is not a compact JWS (header.payload.signature)')
@@ -72,7 +82,7 @@ export async function verifyToken(
 
 /** What jose does not know: the lifetime cap, the VM binding, and types of our own claims. */
 function checkBinding(
-  p: JWTPayload, vm: { uuid: string; name: string }, policy: TokenPolicy, now: Date, kid: string,
+  p: JWTPayload, vm: Binding, policy: TokenPolicy, now: Date, kid: string,
 ): VerifiedToken {
   const { iat, exp, jti, sub } = p
   const name = p[VM_NAME_CLAIM]
@@ -91,7 +101,14 @@ function checkBinding(
   if (name !== vm.name) {
     throw new QkError('ERR_TOKEN_VM_MISMATCH', `expected "${VM_NAME_CLAIM}" = KUBEVIRT_VM_NAME ${vm.name}, got ${safe(name)}`)
   }
-  return { jti, iat, exp, kid }
+  // The uid libvirt ran us as comes from the domain XML (its <seclabel>), which whoever defines
+  // the domain controls; the signed claim is what ties it to this VM. Without this, VM A's uid
+  // holding VM B's token would start B's QEMU as A: two VMs sharing one identity.
+  const uid = p[QEMU_UID_CLAIM]
+  if (uid !== vm.uid) {
+    throw new QkError('ERR_TOKEN_UID_MISMATCH', `expected "${QEMU_UID_CLAIM}" = the caller's uid ${vm.uid}, got ${safe(uid)}`)
+  }
+  return { jti, iat, exp, kid, qemuUid: vm.uid }
 }
 
 function decodeHeader(jws: string) {

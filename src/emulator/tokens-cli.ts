@@ -1,12 +1,13 @@
 // Token tooling for operators and tests: what KubeVirt's virt-handler would do on a real node.
-// `issueToken` produces exactly what token.ts accepts: iss, aud, sub = VM uuid, vm_name, a
-// random jti, iat = now, exp = now + ttl.
+// `issueToken` produces exactly what token.ts accepts: iss, aud, sub = VM uuid, vm_name,
+// qemu_uid (the VM's host identity, which the issuer allocates), a random jti, iat = now,
+// exp = now + ttl.
 import { generateKeyPairSync, randomUUID } from 'node:crypto'
 import { writeFileSync } from 'node:fs'
 import { importPKCS8, SignJWT } from 'jose'
 import { QkError } from './errors.ts'
 import type { Vm } from './invocation.ts'
-import { VM_NAME_CLAIM } from './token.ts'
+import { QEMU_UID_CLAIM, VM_NAME_CLAIM } from './token.ts'
 
 export function keygen(privatePath: string, publicPath: string, bits: number): void {
   if (!Number.isInteger(bits) || bits < 2048 || bits > 8192) throw new QkError('ERR_USAGE', `--bits must be 2048..8192, got ${bits}`)
@@ -22,6 +23,7 @@ export function keygen(privatePath: string, publicPath: string, bits: number): v
 export interface IssueRequest {
   key: string
   vm: Vm
+  qemuUid: number
   ttl: number
   alg: string
   issuer: string
@@ -33,7 +35,7 @@ export interface IssueRequest {
 export async function issueToken(r: IssueRequest): Promise<string> {
   const key = await importPKCS8(r.key, r.alg)
   const iat = Math.floor((r.now ?? new Date()).getTime() / 1000)
-  return new SignJWT({ [VM_NAME_CLAIM]: r.vm.name })
+  return new SignJWT({ [VM_NAME_CLAIM]: r.vm.name, [QEMU_UID_CLAIM]: r.qemuUid })
     .setProtectedHeader(r.kid === undefined ? { alg: r.alg } : { alg: r.alg, kid: r.kid })
     .setIssuer(r.issuer)
     .setAudience(r.audience)

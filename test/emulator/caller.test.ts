@@ -1,38 +1,31 @@
-import t, { type Test } from 'tap'
-import { writeFileSync } from 'node:fs'
-import { checkCaller, lookupUser, qemuCredentials } from '../../src/emulator/caller.ts'
+import t from 'tap'
+import { checkCaller, qemuCredentials } from '../../src/emulator/caller.ts'
 import { schema } from '../../src/emulator/config.ts'
-import { tempDir } from '../helpers/tokens.ts'
-
-function files(t: Test) {
-  const dir = tempDir(t)
-  writeFileSync(`${dir}/passwd`, 'root:x:0:0::/root:/bin/sh\nlibvirt-qemu:x:64055:994::/var/lib/libvirt:/usr/sbin/nologin\nalice:x:1000:1000::/home/alice:/bin/sh\n')
-  writeFileSync(`${dir}/group`, 'root:x:0:\nkvm:x:994:libvirt-qemu\nlibvirt:x:995:alice,libvirt-qemu\nalice:x:1000:\n')
-  return { passwd: `${dir}/passwd`, group: `${dir}/group` }
-}
 
 const cfg = (over: object = {}) => schema.parse(over)
 
-t.test('callers are allowed by user name, uid or group', async (t) => {
-  const f = files(t)
-  const qemu = { uid: 64055, gid: 994, groups: [995] }
-  t.doesNotThrow(() => checkCaller(qemu, cfg(), f))
-  t.doesNotThrow(() => checkCaller(qemu, cfg({ allowed_users: [64055] }), f))
-  t.doesNotThrow(() => checkCaller({ uid: 1000, gid: 1000, groups: [995] }, cfg({ allowed_users: [], allowed_groups: ['libvirt'] }), f))
+t.test('a launch comes from a per-VM uid in vm_uid_range, with gid = uid', async (t) => {
+  t.doesNotThrow(() => checkCaller({ uid: 20000, gid: 20000, groups: [20000] }, cfg()))
+  t.doesNotThrow(() => checkCaller({ uid: 29999, gid: 29999, groups: [] }, cfg()))
+  t.doesNotThrow(() => checkCaller({ uid: 107, gid: 107, groups: [] }, cfg({ vm_uid_range: [107, 107] })))
 })
 
-t.test('anyone else: ERR_CALLER_NOT_ALLOWED', async (t) => {
-  const f = files(t)
-  t.throws(() => checkCaller({ uid: 1000, gid: 1000, groups: [] }, cfg(), f), { code: 'ERR_CALLER_NOT_ALLOWED', message: /got uid 1000 gid 1000/ })
-  t.throws(() => checkCaller({ uid: 0, gid: 0, groups: [] }, cfg(), f), { code: 'ERR_CALLER_NOT_ALLOWED' })
-  t.throws(() => checkCaller({ uid: 1, gid: 1, groups: [] }, cfg({ allowed_users: ['nosuch'] }), f), { code: 'ERR_CONFIG_INVALID', message: /no such user "nosuch"/ })
+t.test('callers outside the range, or with another gid, are refused with expected vs got', async (t) => {
+  t.throws(() => checkCaller({ uid: 19999, gid: 19999, groups: [] }, cfg()),
+    { code: 'ERR_CALLER_NOT_ALLOWED', message: 'expected a caller uid in vm_uid_range [20000, 29999], got uid 19999 gid 19999' })
+  t.throws(() => checkCaller({ uid: 0, gid: 0, groups: [] }, cfg()), { code: 'ERR_CALLER_NOT_ALLOWED', message: /got uid 0 gid 0$/ })
+  t.throws(() => checkCaller({ uid: 20001, gid: 995, groups: [995] }, cfg()),
+    { code: 'ERR_CALLER_NOT_ALLOWED', message: 'expected the VM\'s gid to equal its uid 20001 (seclabel +UID:+UID), got gid 995' })
 })
 
-t.test('QEMU runs as the caller unless configured', async (t) => {
-  const f = files(t)
-  const caller = { uid: 64055, gid: 994, groups: [995] }
-  t.same(qemuCredentials(caller, cfg(), f), caller)
-  t.same(qemuCredentials(caller, cfg({ qemu_user: 'alice', qemu_group: 'kvm' }), f), { uid: 1000, gid: 994, groups: [994] })
-  t.same(lookupUser('libvirt-qemu', f), { uid: 64055, gid: 994, groups: [994, 995] })
-  t.throws(() => lookupUser('nobody-here', f), { code: 'ERR_USAGE' })
+t.test('QEMU keeps the caller\'s uid and gid and exactly the configured groups, never the host groups it carried', async (t) => {
+  const caller = { uid: 20001, gid: 20001, groups: [0, 994, 995, 20001] }
+  t.same(qemuCredentials(caller, cfg()), { uid: 20001, gid: 20001, groups: [20001] })
+  t.same(qemuCredentials(caller, cfg({ qemu_groups: [36, 20001] })), { uid: 20001, gid: 20001, groups: [20001, 36] })
+})
+
+t.test('uid 0 and group 0 cannot be configured', async (t) => {
+  t.throws(() => schema.parse({ vm_uid_range: [0, 10] }))
+  t.throws(() => schema.parse({ qemu_groups: [0] }))
+  t.throws(() => schema.parse({ vm_uid_range: [30, 10] }))
 })

@@ -15,10 +15,10 @@ t.test('the example config parses to the defaults, and documents every key', asy
 })
 
 t.test('qemu.conf-style values', async (t) => {
-  const c = parseConfig('namespaces = [ "mnt", "net", "pid" ]\ntoken_max_lifetime = 30\nallowed_users = [ "qemu", 107 ]\n', 'x')
+  const c = parseConfig('namespaces = [ "mnt", "net", "pid" ]\ntoken_max_lifetime = 30\nvm_uid_range = [ 30000, 30063 ]\n', 'x')
   t.same(c.namespaces, ['mnt', 'net', 'pid'])
   t.equal(c.token_max_lifetime, 30)
-  t.same(c.allowed_users, ['qemu', 107])
+  t.same(c.vm_uid_range, [30000, 30063])
 })
 
 const refuses = (text: string, code: string, pattern: RegExp) => {

@@ -2,7 +2,9 @@ import t, { type Test } from 'tap'
 import { SignJWT, UnsecuredJWT, generateKeyPair } from 'jose'
 import { createPublicKey } from 'node:crypto'
 import { verifyToken, type TokenPolicy } from '../../src/emulator/token.ts'
-import { AUD, ISS, NOW, NOW_S, VM, rsaKey, sign } from '../helpers/tokens.ts'
+import { AUD, ISS, NOW, NOW_S, VM as VM_NAMES, VM_UID, rsaKey, sign } from '../helpers/tokens.ts'
+
+const VM = { ...VM_NAMES, uid: VM_UID }
 
 const key = await rsaKey()
 const other = await rsaKey()
@@ -21,7 +23,7 @@ async function refused(t: Test, jws: Promise<string> | string, code: string, p?:
 }
 
 t.test('a valid token yields its jti, times and key', async (t) => {
-  t.same(await verify(await sign(key)), { jti: 'jti-1', iat: NOW_S - 5, exp: NOW_S + 50, kid: 'main' })
+  t.same(await verify(await sign(key)), { jti: 'jti-1', iat: NOW_S - 5, exp: NOW_S + 50, kid: 'main', qemuUid: VM_UID })
   t.equal((await verify(await sign(key, {}, { kid: 'main' }))).kid, 'main')
 })
 
@@ -58,18 +60,26 @@ t.test('with several keys and no kid, each is tried (key rotation)', async (t) =
 t.test('claims: issuer, audience, required claims', async (t) => {
   await refused(t, sign(key, { iss: 'someone-else' }), 'ERR_TOKEN_CLAIM_INVALID')
   await refused(t, sign(key, { aud: 'other' }), 'ERR_TOKEN_CLAIM_INVALID')
-  for (const c of ['iss', 'aud', 'sub', 'jti', 'iat', 'exp', 'vm_name']) await refused(t, sign(key, { [c]: null }), 'ERR_TOKEN_CLAIM_INVALID')
+  for (const c of ['iss', 'aud', 'sub', 'jti', 'iat', 'exp', 'vm_name', 'qemu_uid']) await refused(t, sign(key, { [c]: null }), 'ERR_TOKEN_CLAIM_INVALID')
   await refused(t, sign(key, { jti: '' }), 'ERR_TOKEN_CLAIM_INVALID')
 })
 
 t.test('the token is bound to this VM', async (t) => {
   await refused(t, sign(key, { sub: 'other-uuid' }), 'ERR_TOKEN_VM_MISMATCH')
   await refused(t, sign(key, { vm_name: 'othervm' }), 'ERR_TOKEN_VM_MISMATCH')
-  await refused(t, sign(key), 'ERR_TOKEN_VM_MISMATCH', undefined, { uuid: VM.uuid, name: 'othervm' })
+  await refused(t, sign(key), 'ERR_TOKEN_VM_MISMATCH', undefined, { uuid: VM.uuid, name: 'othervm', uid: VM_UID })
 })
 
 t.test('malformed input', async (t) => {
   for (const bad of ['', 'abc', 'a.b', 'a.b.c.d', 'a b.c.d', `${'a'.repeat(17000)}.b.c`, '!!!.b.c']) {
     await refused(t, bad, 'ERR_TOKEN_MALFORMED')
   }
+})
+
+t.test('the token is bound to the caller\'s uid: VM B\'s token under VM A\'s uid is refused', async (t) => {
+  const err = await verify(await sign(key, { qemu_uid: VM_UID + 1 })).then(() => undefined, (e: unknown) => e as { code: string; message: string })
+  t.equal(err?.code, 'ERR_TOKEN_UID_MISMATCH')
+  t.equal(err?.message, `expected "qemu_uid" = the caller's uid ${VM_UID}, got "${VM_UID + 1}"`)
+  await refused(t, sign(key, { qemu_uid: String(VM_UID) }), 'ERR_TOKEN_UID_MISMATCH')
+  await refused(t, sign(key), 'ERR_TOKEN_UID_MISMATCH', undefined, { ...VM, uid: 20002 })
 })

@@ -8,6 +8,8 @@ import type { Test } from 'tap'
 export const NOW = new Date('2026-11-22T14:00:00Z')
 export const NOW_S = Math.floor(NOW.getTime() / 1000)
 export const VM = { uuid: '1234-5678-1234-1234', name: 'testvm' }
+/** VM's host identity (its seclabel +UID:+UID, the token's qemu_uid claim). */
+export const VM_UID = 20001
 export const ISS = 'kubevirt.io/virt-handler'
 export const AUD = 'qemu-kube'
 
@@ -45,7 +47,7 @@ export interface Claims extends JWTPayload {
 /** A token valid at NOW for VM unless `claims`/`header` say otherwise; `null` drops a claim. */
 export async function sign(k: KeyPair, claims: Record<string, unknown> = {}, header: Record<string, unknown> = {}): Promise<string> {
   const payload: Record<string, unknown> = {
-    iss: ISS, aud: AUD, sub: VM.uuid, vm_name: VM.name, jti: 'jti-1', iat: NOW_S - 5, exp: NOW_S + 50, ...claims,
+    iss: ISS, aud: AUD, sub: VM.uuid, vm_name: VM.name, qemu_uid: VM_UID, jti: 'jti-1', iat: NOW_S - 5, exp: NOW_S + 50, ...claims,
   }
   for (const [k2, v] of Object.entries(payload)) if (v === null) delete payload[k2]
   return new SignJWT(payload).setProtectedHeader({ alg: 'RS256', ...header }).sign(k.privateKey)

@@ -1,0 +1,143 @@
+// Stage: one live VM per host uid. The token issuer allocates each VM a uid from vm_uid_range
+// and the token binds it (token.ts), but an issuer's mistake, or two tokens minted for one uid,
+// must not let two live VMs share an identity: with one uid, either QEMU could read, ptrace and
+// signal the other. So the node keeps a lease per uid in the state dir:
+//
+//   STATE_DIR/uids/UID       {"vm": uuid, "pid": P, "startTime": T}
+//
+// P is this process: the setuid chain execs in place, so P becomes QEMU (with the pid namespace,
+// the enter helper stays as QEMU's parent under P), and the lease holds exactly as long as that
+// process lives (pid + start time, so a recycled pid does not keep it). A launch for uid U is
+// refused while U's lease names another VM whose process is alive. A restart of the same VM may
+// take the lease over.
+//
+// Check and write happen under an exclusive flock on STATE_DIR/uids/UID.lock, one lock per uid:
+// a caller may stop its own setuid chain (SIGSTOP) while it holds the lock, and then blocks only
+// launches for its own uid. The lock is taken non-blocking and retried for a bounded time.
+import { closeSync, constants, lstatSync, mkdirSync, openSync, readFileSync, renameSync, writeFileSync } from 'node:fs'
+import { QkError, errnoOf } from './errors.ts'
+import { loadKoffi } from './koffi-load.ts'
+
+export interface Lease {
+  vm: string
+  pid: number
+  startTime: string
+}
+
+export interface LeaseOps {
+  /** flock(fd, LOCK_EX|LOCK_NB): true when taken. */
+  tryLock(fd: number): boolean
+  sleep(ms: number): void
+  /** Field 22 of PROC/PID/stat, or null when there is no such process. */
+  startTimeOf(pid: number): string | null
+}
+
+export interface HeldLease {
+  /** Write this launch's lease (call once every other check has passed). */
+  commit(): void
+  release(): void
+}
+
+const LOCK_WAIT_MS = 2000
+
+export function acquireUidLease(stateDir: string, uid: number, vm: string, self: Lease, ops: LeaseOps): HeldLease {
+  const dir = `${stateDir}/uids`
+  ensureDir(dir)
+  const lockFd = openSync(`${dir}/${uid}.lock`, constants.O_RDWR | constants.O_CREAT | constants.O_NOFOLLOW, 0o600)
+  try {
+    for (let waited = 0; !ops.tryLock(lockFd); waited += 20) {
+      if (waited >= LOCK_WAIT_MS) {
+        throw new QkError('ERR_UID_IN_USE', `another launch for uid ${uid} has held its lease for over ${LOCK_WAIT_MS} ms`, { uid })
+      }
+      ops.sleep(20)
+    }
+    const holder = readLease(`${dir}/${uid}`)
+    if (holder !== null && holder.vm !== vm && ops.startTimeOf(holder.pid) === holder.startTime) {
+      throw new QkError('ERR_UID_IN_USE', `uid ${uid} belongs to VM ${holder.vm} while its QEMU (pid ${holder.pid}) lives; this launch is for VM ${vm}`,
+        { uid, holder: holder.vm, holderPid: holder.pid })
+    }
+  } catch (e) {
+    closeSync(lockFd) // closing the fd releases the flock
+    throw e
+  }
+  return {
+    commit() {
+      const temp = `${dir}/${uid}.${self.pid}.tmp`
+      writeFileSync(temp, JSON.stringify({ ...self, vm }), { mode: 0o600, flag: 'w' })
+      renameSync(temp, `${dir}/${uid}`)
+    },
+    release() {
+      closeSync(lockFd)
+    },
+  }
+}
+
+/** For `explain`: would this uid's lease refuse the launch? Takes no lock, writes nothing. */
+export function checkUidFree(stateDir: string, uid: number, vm: string, ops: Pick<LeaseOps, 'startTimeOf'>): void {
+  const holder = readLease(`${stateDir}/uids/${uid}`)
+  if (holder !== null && holder.vm !== vm && ops.startTimeOf(holder.pid) === holder.startTime) {
+    throw new QkError('ERR_UID_IN_USE', `uid ${uid} belongs to VM ${holder.vm} while its QEMU (pid ${holder.pid}) lives; this launch is for VM ${vm}`,
+      { uid, holder: holder.vm, holderPid: holder.pid })
+  }
+}
+
+function readLease(path: string): Lease | null {
+  let text: string
+  try {
+    text = readFileSync(path, 'utf8')
+  } catch (err) {
+    if (errnoOf(err) === 'ENOENT') return null
+    throw new QkError('ERR_OS', `cannot read the uid lease ${path}: ${errnoOf(err) ?? 'error'}`, { path })
+  }
+  try {
+    const l = JSON.parse(text) as Partial<Lease>
+    if (typeof l.vm === 'string' && Number.isSafeInteger(l.pid) && typeof l.startTime === 'string') return l as Lease
+  } catch {
+    // fall through
+  }
+  // Only root writes here (tmp + rename); a torn file means a bug or tampering by root.
+  throw new QkError('ERR_INTERNAL', `the uid lease ${path} is not a lease record`, { path })
+}
+
+/** The state dir is root's (replay.ts checks it); uids/ below it must be too. */
+function ensureDir(dir: string): void {
+  try {
+    mkdirSync(dir, { mode: 0o700 })
+  } catch (err) {
+    if (errnoOf(err) !== 'EEXIST') throw new QkError('ERR_STATE_DIR_UNSAFE', `cannot create ${dir}: ${errnoOf(err) ?? 'error'}`, { path: dir })
+  }
+  const st = lstatSync(dir)
+  if (!st.isDirectory() || st.uid !== 0 || (st.mode & 0o077) !== 0) {
+    throw new QkError('ERR_STATE_DIR_UNSAFE', `${dir} must be a root-owned directory with mode 0700`, { path: dir })
+  }
+}
+
+/** The real kernel calls; tests pass their own. */
+export function leaseOps(procRoot: string): LeaseOps {
+  let flock: ((fd: number, op: number) => number) | undefined
+  const LOCK_EX = 2
+  const LOCK_NB = 4
+  const pause = new Int32Array(new SharedArrayBuffer(4))
+  return {
+    tryLock(fd) {
+      flock ??= loadKoffi().load('libc.so.6').func('int flock(int, int)') as (fd: number, op: number) => number
+      return flock(fd, LOCK_EX | LOCK_NB) === 0
+    },
+    sleep: (ms) => void Atomics.wait(pause, 0, 0, ms),
+    startTimeOf(pid) {
+      try {
+        const stat = readFileSync(`${procRoot}/${pid}/stat`, 'latin1')
+        return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19] ?? null
+      } catch {
+        return null
+      }
+    },
+  }
+}
+
+/** This process's own lease: it becomes QEMU. */
+export function selfLease(procRoot: string): Omit<Lease, 'vm'> & { vm: '' } {
+  const startTime = leaseOps(procRoot).startTimeOf(process.pid)
+  if (startTime === null) throw new QkError('ERR_OS', `cannot read ${procRoot}/self/stat`)
+  return { vm: '', pid: process.pid, startTime }
+}
