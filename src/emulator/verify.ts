@@ -1,17 +1,20 @@
 // The verification pipeline: from one libvirt invocation to an Authorized launch, or a refusal.
 // Read it top to bottom; each step is one file. The order is deliberate:
-//   1. caller     cheapest, and a stranger learns nothing about pods from a refusal
-//   2. token      pure crypto on what the caller sent; a forged token never makes root look
-//                 into any pod's /proc or files
+//   1. caller     cheapest, and a stranger learns nothing about pods from a refusal: a per-VM
+//                 uid from vm_uid_range; and which libvirt directories the argv names (carry)
+//   2. token      pure crypto on what the caller sent, bound to the VM and to the caller's uid;
+//                 a forged token never makes root look into any pod's /proc or files
 //   3. target     the one launcher process for this VM, by scanning /proc
 //   4. pin        pidfd + start time: every later read is provably from that process
 //   5. secret     the same token inside the pod's mount namespace (re-pinned after the read)
 //   6. cgroups    where the pod is accounted (re-pinned after the read)
-//   7. replay     record the jti last, so a refused launch never burns a valid token; then
+//   7. uid lease  one live VM per uid, under a per-uid lock held across step 8
+//   8. replay     record the jti last, so a refused launch never burns a valid token; then
 //                 re-read the clock, so a launch frozen past its token's expiry is refused
 //                 (step 2 already refused a token whose record exists)
 import { readFileSync } from 'node:fs'
-import { checkCaller, qemuCredentials, type Caller, type Credentials, type IdFiles } from './caller.ts'
+import { checkCaller, qemuCredentials, type Caller, type Credentials } from './caller.ts'
+import { carryPlan, type CarryPlan } from './carry.ts'
 import { planJoins, type CgroupJoin } from './cgroup.ts'
 import type { Config, Namespace } from './config.ts'
 import { QkError } from './errors.ts'
@@ -22,6 +25,7 @@ import { checkNotReplayed, recordOnce } from './replay.ts'
 import { readPodSecret, secretMatches, type Openat2 } from './secret.ts'
 import { findTarget } from './target.ts'
 import { verifyToken } from './token.ts'
+import { acquireUidLease, checkUidFree, leaseOps, selfLease } from './uid-lease.ts'
 import type { FileMeta } from './trusted-file.ts'
 
 export interface VerifyContext {
@@ -31,7 +35,6 @@ export interface VerifyContext {
   ops: PidfdOps & Openat2
   /** false for `explain`: look, but do not record the jti. */
   consume: boolean
-  idFiles?: IdFiles
   keyMeta?: FileMeta
 }
 
@@ -47,6 +50,7 @@ export type Authorized = {
   readonly exp: number
   readonly namespaces: readonly Namespace[]
   readonly cgroups: readonly CgroupJoin[]
+  readonly carry: CarryPlan
   readonly qemu: { readonly path: string; readonly from: 'pod' | 'host'; readonly argv: readonly string[] }
 } & { readonly [authorized]: true }
 
@@ -64,10 +68,11 @@ export async function authorise(inv: Launch, ctx: VerifyContext, trail: Trail): 
   const cfg = ctx.config
   trail.vm = inv.vm
 
-  checkCaller(ctx.caller, cfg, ctx.idFiles)
-  const runAs = qemuCredentials(ctx.caller, cfg, ctx.idFiles)
+  checkCaller(ctx.caller, cfg)
+  const runAs = qemuCredentials(ctx.caller, cfg)
+  const carry = carryPlan(inv.argv, cfg.libvirt_domain_roots)
 
-  const token = await verifyToken(inv.token, inv.vm, policyOf(cfg, ctx.keyMeta), ctx.now())
+  const token = await verifyToken(inv.token, { ...inv.vm, uid: ctx.caller.uid }, policyOf(cfg, ctx.keyMeta), ctx.now())
   trail.kid = token.kid
   trail.jti = token.jti
   // A used token stops here: it never makes root scan /proc or open a pod's files. Step 7 asks
@@ -88,7 +93,17 @@ export async function authorise(inv: Launch, ctx: VerifyContext, trail: Trail): 
   const cgroups = planJoins(readPinned(target, 'cgroup', ctx.ops), readFileSync(`${cfg.proc_root}/self/mountinfo`, 'utf8'), cfg.cgroup_root)
 
   // The clock is read again after the record exists (replay.ts says why).
-  if (ctx.consume) recordOnce(cfg.state_dir, token, ctx.now, cfg.token_clock_tolerance)
+  if (ctx.consume) {
+    const lease = acquireUidLease(cfg.state_dir, runAs.uid, inv.vm.uuid, selfLease(cfg.proc_root), leaseOps(cfg.proc_root))
+    try {
+      recordOnce(cfg.state_dir, token, ctx.now, cfg.token_clock_tolerance)
+      lease.commit()
+    } finally {
+      lease.release()
+    }
+  } else {
+    checkUidFree(cfg.state_dir, runAs.uid, inv.vm.uuid, leaseOps(cfg.proc_root))
+  }
 
   return {
     vm: inv.vm,
@@ -99,6 +114,7 @@ export async function authorise(inv: Launch, ctx: VerifyContext, trail: Trail): 
     exp: token.exp,
     namespaces: cfg.namespaces,
     cgroups,
+    carry,
     qemu: { path: cfg.qemu_binary, from: cfg.qemu_binary_from, argv: inv.argv },
   } as unknown as Authorized
 }
