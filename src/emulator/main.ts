@@ -49,7 +49,7 @@ async function emulate(args: readonly string[]): Promise<number> {
     await lockWarm
     joinCgroups(a)
     decide(log, authorisedRecord(a))
-    return handOff(launchPlan(a, front.fds), sys())
+    return handOff(launchPlan(a, front.fds, config), sys())
   } catch (e) {
     const err = asQkError(e)
     decide(log, refusedRecord(err, trail))
