@@ -65,6 +65,10 @@ export interface DomainOptions {
   memoryMiB?: number
   /** A unix socket libvirt has QEMU listen on for the serial console; none when absent. */
   serialSocket?: string
+  /** The domain's own host identity: a DAC <seclabel> +UID:+UID (libvirt runs QEMU as it). */
+  seclabelUid?: number
+  /** <qemu:arg> entries after libvirt's own argv. */
+  qemuArgs?: readonly string[]
 }
 
 /** Why libvirt tests cannot run here, or null. */
@@ -359,8 +363,12 @@ export function domainXml(o: DomainOptions): string {
       ? [`    <serial type='unix'><source mode='bind' path='${xmlEscape(o.serialSocket)}'/><target port='0'/></serial>`]
       : []),
     `  </devices>`,
-    ...(env.length
-      ? [`  <qemu:commandline>`, ...env.map(([k, v]) => `    <qemu:env name='${k}' value='${xmlEscape(v)}'/>`), `  </qemu:commandline>`]
+    ...(o.seclabelUid !== undefined
+      ? [`  <seclabel type='static' model='dac' relabel='yes'><label>+${o.seclabelUid}:+${o.seclabelUid}</label></seclabel>`]
+      : []),
+    ...(env.length || o.qemuArgs?.length
+      ? [`  <qemu:commandline>`, ...(o.qemuArgs ?? []).map((a) => `    <qemu:arg value='${xmlEscape(a)}'/>`),
+        ...env.map(([k, v]) => `    <qemu:env name='${k}' value='${xmlEscape(v)}'/>`), `  </qemu:commandline>`]
       : []),
     `</domain>`,
     '',

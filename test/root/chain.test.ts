@@ -24,7 +24,8 @@ const inst = installTemp(t, GROUP)
 const stateDir = `${tempDir(t, 'qk-state-')}/state`
 const baseConfig = {
   token_public_keys: [pub],
-  allowed_users: [USER],
+  vm_uid_range: [UID, UID], // nobody:nogroup is 65534:65534, as a +UID:+UID seclabel would be
+  pod_link_socket: '', // these pods' launcher is the pause fixture: nothing listens
   qemu_binary: `${FIXTURES}/reporter`,
   probe_qemu_binary: `${FIXTURES}/reporter`,
   state_dir: stateDir,
@@ -34,7 +35,7 @@ inst.writeConfig(baseConfig)
 let seq = 0
 async function token(vm: { uuid: string; name: string }, over: Record<string, unknown> = {}, signer = key) {
   const now = Math.floor(Date.now() / 1000)
-  return new SignJWT({ iss: ISS, aud: AUD, sub: vm.uuid, vm_name: vm.name, jti: `chain-${process.pid}-${seq++}`, iat: now, exp: now + 60, ...over })
+  return new SignJWT({ iss: ISS, aud: AUD, sub: vm.uuid, vm_name: vm.name, qemu_uid: UID, jti: `chain-${process.pid}-${seq++}`, iat: now, exp: now + 60, ...over })
     .setProtectedHeader({ alg: 'RS256' }).sign(signer.privateKey)
 }
 
@@ -139,7 +140,9 @@ t.test('an authorised launch becomes QEMU in the pod, in place, unprivileged', a
   const rep = r.report!
   t.ok(rep, 'the reporter ran')
   t.equal(rep.pid, r.pid, 'same pid as the process libvirt spawned (exec in place)')
-  for (const ns of ['mnt', 'net', 'ipc', 'uts', 'cgroup'] as const) t.equal(String(rep.ns[ns]), String(p.ns[ns]), `${ns} namespace is the pod's`)
+  for (const ns of ['net', 'ipc', 'uts', 'cgroup'] as const) t.equal(String(rep.ns[ns]), String(p.ns[ns]), `${ns} namespace is the pod's`)
+  t.not(String(rep.ns.mnt), String(p.ns.mnt), 'its mount namespace is its own, not the pod\'s')
+  t.not(String(rep.ns.mnt), readlinkSync('/proc/self/ns/mnt').replace(/\D/g, ''), 'nor the host\'s')
   t.not(String(rep.ns.user), '', 'user namespace untouched')
   t.same(rep.cgroup, readFileSync(`/proc/${p.pid}/cgroup`, 'utf8').trim().split('\n').map((l: string) => l.replace(/:\/.*$/, ':/')),
     'cgroups are the pod\'s (seen from inside its cgroup namespace as /)')
@@ -195,7 +198,11 @@ t.test('refusals: the reporter never runs, one JSON line with the code', async (
   t.equal((await runFront(QEMU_ARGS, await vmEnv(vm, good))).code, 0)
   refusedWith(t, await runFront(QEMU_ARGS, await vmEnv(vm, good)), 'ERR_TOKEN_REPLAYED', good)
 
-  // Caller not allowed: root may run the front too, but is not in allowed_users.
+  // VM B's token under VM A's uid: the token binds qemu_uid.
+  const otherUid = await token(vm, { qemu_uid: UID - 1 })
+  refusedWith(t, await runFront(QEMU_ARGS, await vmEnv(vm, otherUid)), 'ERR_TOKEN_UID_MISMATCH', otherUid)
+
+  // Caller not allowed: any local user may run the front (4755), but only uids in vm_uid_range launch.
   refusedWith(t, await runFront(QEMU_ARGS, await vmEnv(vm), 'daemon'), 'ERR_CALLER_NOT_ALLOWED')
 })
 

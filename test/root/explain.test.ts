@@ -16,16 +16,16 @@ const key = await rsaKey()
 const foreign = await rsaKey()
 const dir = tempDir(t, 'qk-explain-')
 const config = `${dir}/qemu-kube.conf`
-writeFileSync(config, toml({ token_public_keys: [writeKey(dir, 'signing.pem', key.pem)], allowed_users: ['root'], state_dir: `${dir}/state` }))
+writeFileSync(config, toml({ token_public_keys: [writeKey(dir, 'signing.pem', key.pem)], vm_uid_range: [20001, 20001], state_dir: `${dir}/state` }))
 
 async function token(vm: { uuid: string; name: string }, over: Record<string, unknown> = {}, signer = key) {
   const now = Math.floor(Date.now() / 1000)
-  return new SignJWT({ iss: ISS, aud: AUD, sub: vm.uuid, vm_name: vm.name, jti: `explain-${Math.random()}`, iat: now, exp: now + 60, ...over })
+  return new SignJWT({ iss: ISS, aud: AUD, sub: vm.uuid, vm_name: vm.name, qemu_uid: 20001, jti: `explain-${Math.random()}`, iat: now, exp: now + 60, ...over })
     .setProtectedHeader({ alg: 'RS256' }).sign(signer.privateKey)
 }
 
 function explain(vm: { uuid: string; name: string }, tok: string): Promise<{ code: number; decision: any; out: string }> {
-  return new Promise((res) => execFile(process.execPath, [`${REPO}/dist/qemu-kube.cjs`, 'explain', '--config', config, '--as', 'root', '--', '-name', 'guest=x'],
+  return new Promise((res) => execFile(process.execPath, [`${REPO}/dist/qemu-kube.cjs`, 'explain', '--config', config, '--as', '20001', '--', '-name', 'guest=x'],
     { env: { PATH: process.env['PATH'], KUBEVIRT_VM_UUID: vm.uuid, KUBEVIRT_VM_NAME: vm.name, KUBEVIRT_SECRET: tok } },
     (err, stdout, stderr) => res({ code: err ? Number(err.code) : 0, decision: JSON.parse(stdout), out: stdout + stderr })))
 }
