@@ -4,6 +4,7 @@
 import { parse as parseToml } from 'smol-toml'
 import * as z from 'zod/mini'
 import { QkError } from './errors.ts'
+import { FS_MAGIC, type FsType } from './secret.ts'
 import { readTrustedFile, type FileMeta } from './trusted-file.ts'
 
 const absPath = z.string().check(z.regex(/^\/[^\0]*$/, 'must be an absolute path'))
@@ -29,6 +30,7 @@ export const schema = z.strictObject({
   cgroup_root: z._default(absPath, '/sys/fs/cgroup'),
   launcher_name: z._default(z.string().check(z.regex(/^[^/\0]{1,255}$/, 'must be a file name without "/"')), 'virt-launcher'),
   pod_secret_path: z._default(absPath, '/var/run/kubevirt/qemu-kube/token'),
+  pod_secret_fs_types: z._default(z.array(z.enum(Object.keys(FS_MAGIC) as [FsType, ...FsType[]])).check(z.minLength(1), unique('filesystem types')), ['tmpfs']),
   token_issuer: z._default(z.string().check(z.minLength(1)), 'kubevirt.io/virt-handler'),
   token_audience: z._default(z.string().check(z.minLength(1)), 'qemu-kube'),
   token_algorithms: z._default(z.array(algorithm).check(z.minLength(1), unique('algorithms')), ['RS256', 'PS256']),

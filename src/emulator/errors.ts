@@ -36,6 +36,7 @@ const table = {
   ERR_SECRET_MISSING: [EX_NOPERM, 'the pod has no token at pod_secret_path; is the Secret volume mounted?'],
   ERR_SECRET_ESCAPE: [EX_NOPERM, 'the pod\'s secret path leads outside the pod\'s root or through a magic link'],
   ERR_SECRET_NOT_REGULAR: [EX_NOPERM, 'the pod\'s secret path must be a regular file'],
+  ERR_SECRET_UNSAFE: [EX_NOPERM, 'the pod\'s token must be a root-owned file on a filesystem named in pod_secret_fs_types (a Secret volume is a tmpfs)'],
   ERR_SECRET_TOO_BIG: [EX_NOPERM, 'the pod\'s secret file is larger than 16 KiB'],
   ERR_SECRET_MISMATCH: [EX_NOPERM, 'the token in the pod differs from KUBEVIRT_SECRET; was the Secret rotated?'],
   ERR_CGROUP_JOIN: [EX_OSERR, 'the kernel refused to move qemu-kube into the pod\'s cgroup; check the path named'],

@@ -83,7 +83,7 @@ export async function authorise(inv: Launch, ctx: VerifyContext, trail: Trail): 
   trail.target = found
   const target = pin(found, cfg.proc_root, ctx.ops)
 
-  const podCopy = readPodSecret(cfg.proc_root, target.pid, cfg.pod_secret_path, ctx.ops)
+  const podCopy = readPodSecret(cfg.proc_root, target.pid, cfg.pod_secret_path, ctx.ops, { fsTypes: cfg.pod_secret_fs_types })
   recheck(target, ctx.ops)
   if (!secretMatches(podCopy, inv.token)) {
     throw new QkError('ERR_SECRET_MISMATCH', `the token at ${cfg.pod_secret_path} in pid ${target.pid}'s root differs from KUBEVIRT_SECRET`,

@@ -2,9 +2,9 @@
 // needed: openat2 and RESOLVE_IN_ROOT work for anyone). test/root/ repeats the escapes against
 // a real process in its own mount namespace and root.
 import t, { type Test } from 'tap'
-import { execFileSync } from 'node:child_process'
-import { mkdirSync, symlinkSync, writeFileSync } from 'node:fs'
-import { MAX_SECRET, readPodSecret, secretMatches } from '../../src/emulator/secret.ts'
+import { execFileSync, spawn } from 'node:child_process'
+import { chownSync, existsSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
+import { MAX_SECRET, readPodSecret, secretMatches, type SecretRules } from '../../src/emulator/secret.ts'
 import { sys } from '../../src/emulator/sys.ts'
 import { fakeProc, launcher } from '../helpers/fakeproc.ts'
 import { tempDir } from '../helpers/tokens.ts'
@@ -12,15 +12,23 @@ import { tempDir } from '../helpers/tokens.ts'
 const PATH = '/var/run/kubevirt/qemu-kube/token'
 const TOKEN = 'aaa.bbb.ccc'
 
+// A Secret volume is a tmpfs: the pod roots live on /dev/shm.
+function podRoot(t: Test): string {
+  const root = mkdtempSync('/dev/shm/qk-podroot-')
+  t.teardown(() => rmSync(root, { recursive: true, force: true }))
+  return root
+}
+
 function pod(t: Test, layout: (dir: string, root: string) => void) {
-  const root = tempDir(t, 'qk-podroot-')
+  const root = podRoot(t)
   const dir = `${root}/var/run/kubevirt/qemu-kube`
   mkdirSync(dir, { recursive: true })
   layout(dir, root)
   return fakeProc(t, [launcher(500, 'u', 'n', { root })])
 }
 
-const read = (procRoot: string) => readPodSecret(procRoot, 500, PATH, sys())
+const ME = process.getuid?.() ?? 0
+const read = (procRoot: string, rules: SecretRules = { fsTypes: ['tmpfs'], owner: ME }) => readPodSecret(procRoot, 500, PATH, sys(), rules)
 
 t.test('a plain file and the Kubernetes symlink chain are read', async (t) => {
   t.equal(read(pod(t, (d) => writeFileSync(`${d}/token`, `${TOKEN}\n`))).toString(), `${TOKEN}\n`)
@@ -76,4 +84,46 @@ t.test('comparison: exact bytes, one trailing newline allowed', async (t) => {
   t.notOk(secretMatches(Buffer.from(TOKEN.slice(0, -1)), TOKEN))
   t.notOk(secretMatches(Buffer.from(`${TOKEN.slice(0, -1)}d`), TOKEN))
   t.notOk(secretMatches(Buffer.alloc(0), TOKEN))
+})
+
+// Issue 8 item 2: root opened whatever sat at the pod's secret path before looking at it. A FIFO
+// with a writer blocked in open(2) proves it: an open for reading, even O_NONBLOCK, releases
+// the writer. The check must look (O_PATH, fstat) and refuse without opening.
+t.test('a FIFO at the secret path is refused without being opened', async (t) => {
+  let fifo = ''
+  const procRoot = pod(t, (d) => {
+    fifo = `${d}/token`
+    execFileSync('mkfifo', [fifo])
+  })
+  const marker = `${fifo}.writer-released`
+  const writer = spawn('sh', ['-c', `exec 3>"${fifo}"; echo released > "${marker}"`], { stdio: 'ignore' })
+  t.teardown(() => writer.kill('SIGKILL'))
+  await new Promise((r) => setTimeout(r, 100))
+  t.throws(() => read(procRoot), { code: 'ERR_SECRET_NOT_REGULAR', message: `expected a regular file at ${PATH} in pid 500's root, got a FIFO` })
+  await new Promise((r) => setTimeout(r, 200))
+  t.notOk(existsSync(marker), 'the FIFO was never opened for reading (its writer is still blocked)')
+})
+
+t.test('the token must be owned by root and sit on a filesystem in pod_secret_fs_types: ERR_SECRET_UNSAFE', async (t) => {
+  const procRoot = pod(t, (d) => writeFileSync(`${d}/token`, TOKEN))
+  t.throws(() => read(procRoot, { fsTypes: ['tmpfs'], owner: ME + 1 }), {
+    code: 'ERR_SECRET_UNSAFE', message: `expected ${PATH} in pid 500's root to be owned by uid ${ME + 1}, got uid ${ME}`,
+  })
+  t.throws(() => read(procRoot, { fsTypes: ['ext4', 'xfs'], owner: ME }), {
+    code: 'ERR_SECRET_UNSAFE', message: `expected ${PATH} in pid 500's root on ext4 or xfs (pod_secret_fs_types), got filesystem type 0x1021994`,
+  })
+  t.equal(read(procRoot).toString(), TOKEN)
+  if (ME === 0) {
+    chownSync(`${procRoot}/500/root${PATH}`, 65534, 65534)
+    t.throws(() => read(procRoot, { fsTypes: ['tmpfs'] }), {
+      code: 'ERR_SECRET_UNSAFE', message: `expected ${PATH} in pid 500's root to be owned by uid 0, got uid 65534`,
+    }, 'a file the pod\'s own user wrote is not the Secret')
+  }
+})
+
+t.test('a pod file on a disk filesystem is refused by default', async (t) => {
+  const root = tempDir(t, 'qk-podroot-disk-')
+  mkdirSync(`${root}/var/run/kubevirt/qemu-kube`, { recursive: true })
+  writeFileSync(`${root}${PATH}`, TOKEN)
+  t.throws(() => read(fakeProc(t, [launcher(500, 'u', 'n', { root })])), { code: 'ERR_SECRET_UNSAFE', message: /on tmpfs \(pod_secret_fs_types\), got filesystem type 0x/ })
 })

@@ -2,7 +2,7 @@
 // launch, and the trail each refusal leaves for the decision line.
 import t, { type Test } from 'tap'
 import { createHash } from 'node:crypto'
-import { existsSync, mkdirSync, readdirSync, utimesSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, utimesSync, writeFileSync } from 'node:fs'
 import { purgeExpired } from '../../src/emulator/replay.ts'
 import { schema } from '../../src/emulator/config.ts'
 import { sys } from '../../src/emulator/sys.ts'
@@ -17,7 +17,9 @@ const SECRET = '/var/run/kubevirt/qemu-kube/token'
 async function setup(t: Test, opts: { podToken?: string; pods?: number; dead?: boolean } = {}) {
   const dir = tempDir(t)
   const token = await sign(key)
-  const podRoot = `${dir}/podroot`
+  // On a tmpfs, as a Secret volume is (pod_secret_fs_types).
+  const podRoot = mkdtempSync('/dev/shm/qk-podroot-')
+  t.teardown(() => rmSync(podRoot, { recursive: true, force: true }))
   mkdirSync(`${podRoot}/var/run/kubevirt/qemu-kube`, { recursive: true })
   writeFileSync(`${podRoot}${SECRET}`, `${opts.podToken ?? token}\n`)
   const pods = Array.from({ length: opts.pods ?? 1 }, (_, i) => launcher(500 + i, VM.uuid, VM.name, { root: podRoot }))
