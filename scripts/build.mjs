@@ -77,6 +77,10 @@ await build({ ...common, banner: { js: common.banner.js.replace(/^#!.*\n/, '') }
 chmodSync(`${out}/qemu-kube.cjs`, 0o755)
 await build({ ...common, entryPoints: [`${root}/src/launcher/main.ts`], outfile: `${out}/virt-launcher.cjs` })
 // qemu-kube finds the pod by argv[0] == virt-launcher, so Node must run under that name.
+// This wrapper is for a checkout only (it runs --node and finds koffi in the repository's
+// node_modules). Real pods run the launcher image instead (scripts/launcher-image.mjs): Node,
+// this bundle, koffi and QEMU in the image, and a static C shim (native/launcher-shim.c, built
+// into native/ above) as its ENTRYPOINT doing the same exec under the same name.
 writeFileSync(`${out}/virt-launcher`, `#!/bin/bash
 exec -a virt-launcher ${o.node} --no-warnings "$(dirname "$(readlink -f "$0")")/virt-launcher.cjs" "$@"
 `, { mode: 0o755 })

@@ -63,6 +63,8 @@ export interface PodmanPodOptions {
   name: string
   /** Laid out in the pod's Secret volume (layouts k8s and plain). */
   token?: string
+  /** Where the launcher finds its token in the pod (its directory is the Secret volume); default SECRET_PATH. */
+  secretPath?: string
   /** Default k8s: token -> ..data/token, ..data -> K8S_DATA_DIR/. */
   secretLayout?: SecretLayout
   /** abs-symlink only: where the symlink `token` points (an absolute path). */
@@ -103,6 +105,8 @@ export interface PodmanPod {
   remove(): Promise<void>
   /** remove(), then throws if any of the pod's cgroup directories is still there. */
   destroy(): Promise<void>
+  /** remove(), synchronously (exit handlers, plain scripts); returns the cgroup directories left. */
+  removeSync(): string[]
 }
 
 export interface Run { code: number; stdout: string; stderr: string }
@@ -166,6 +170,9 @@ const live = new Set<PodmanPod>()
 /** A KubeVirt-shaped pod running the launcher; resolves once the launcher is ready (see wait). */
 export async function makePodmanPod(opts: PodmanPodOptions): Promise<PodmanPod> {
   const layout = opts.secretLayout ?? 'k8s'
+  const secretPath = opts.secretPath ?? SECRET_PATH
+  const cut = secretPath.lastIndexOf('/')
+  if (cut < 1 || secretPath.split('/').includes('..') || !/^[A-Za-z0-9/._-]+$/.test(secretPath)) throw new Error(`makePodmanPod: bad secretPath ${secretPath}`)
   if ((layout === 'k8s' || layout === 'plain') && opts.token === undefined) throw new Error(`makePodmanPod: layout ${layout} needs a token`)
   if (layout === 'abs-symlink' && !opts.symlinkTarget?.startsWith('/')) throw new Error('makePodmanPod: abs-symlink needs an absolute symlinkTarget')
   const img = opts.image ?? (await launcherImage()).image
@@ -173,7 +180,7 @@ export async function makePodmanPod(opts: PodmanPodOptions): Promise<PodmanPod> 
   const podName = `qkt-${process.pid}-${seq++}-${opts.name}`.slice(0, 63)
   const secretHostDir = mkdtempSync(`${STORE.secrets}/${process.pid}-`)
   chmodSync(secretHostDir, 0o700)
-  layOutSecret(secretHostDir, layout, opts)
+  layOutSecret(secretHostDir, secretPath.slice(cut + 1), layout, opts)
 
   let podId = ''
   let ctrId = ''
@@ -185,9 +192,16 @@ export async function makePodmanPod(opts: PodmanPodOptions): Promise<PodmanPod> 
       await podmanOk(graceful ? ['stop', '-t', String(timeout), ctrId] : ['kill', '-s', 'KILL', ctrId])
     },
     remove: () => (removed ??= teardown()),
+    removeSync() {
+      if (removed === null) {
+        removed = Promise.resolve()
+        removeNow(pod)
+      }
+      return leftDirs(pod)
+    },
     async destroy() {
       await pod.remove()
-      const left = [...pod.podCgroups, ...Object.values(pod.cgroups.v1), ...(pod.cgroups.v2 ? [pod.cgroups.v2] : [])].filter((d) => existsSync(d))
+      const left = leftDirs(pod)
       if (left.length > 0) throw new Error(`pod ${podName}: cgroup directories left: ${left.join(', ')}`)
     },
   }
@@ -205,8 +219,9 @@ export async function makePodmanPod(opts: PodmanPodOptions): Promise<PodmanPod> 
     pod.podCgroups = hierarchies().map((h) => `${h.mountPoint}${opts.cgroupParent ?? '/libpod_parent'}/${podId}`)
     const pidFile = `${secretHostDir}.pid`
     ctrId = pod.ctrId = await podmanOk(['run', '-d', '--pod', podName, '--name', `${podName}-launcher`, '--cgroupns=private', ...labels,
-      '--pidfile', pidFile, '-v', `${secretHostDir}:${SECRET_DIR}:ro`, ...(opts.devices ?? []).flatMap((d) => ['--device', d]),
+      '--pidfile', pidFile, '-v', `${secretHostDir}:${secretPath.slice(0, cut)}:ro`, ...(opts.devices ?? []).flatMap((d) => ['--device', d]),
       img, '-kubevirt.vm.uuid', opts.uuid, '-kubevirt.vm.name', opts.name, '-ready-file', READY_FILE,
+      ...(secretPath === SECRET_PATH ? [] : ['-secret-path', secretPath]),
       ...(flagIn(opts.extraArgs ?? [], 'qemu-uid') ? [] : ['-qemu-uid', String(opts.qemuUid ?? 65534)]), ...(opts.extraArgs ?? [])])
     pod.pid = Number(readFileSync(pidFile, 'utf8'))
     rmSync(pidFile, { force: true })
@@ -245,31 +260,34 @@ async function waitFor(pod: PodmanPod, wait: 'ready' | 'started', readyFile: str
     }
     const started = cmdline.startsWith('virt-launcher\0') && cmdline.includes(`\0-kubevirt.vm.uuid\0${pod.uuid}\0`) && cmdline.includes('virt-launcher.cjs')
     if (started && (wait === 'started' || existsSync(`/proc/${pod.pid}/root${readyFile}`))) return
-    if (cmdline === '' || Date.now() > end) {
+    // An empty cmdline alone is not an exit (it reads empty while the process has no mm, e.g.
+    // mid-exec under load): gone or a zombie is.
+    const gone = cmdline === '' && !running(pod.pid)
+    if (gone || Date.now() > end) {
       const logs = await podman(['logs', pod.ctrId])
-      throw new Error(`makePodmanPod ${pod.podName}: the launcher ${cmdline === '' ? 'exited' : 'is not ready after 15 s'}: ${(logs.stdout + logs.stderr).trim()}`)
+      throw new Error(`makePodmanPod ${pod.podName}: the launcher ${gone ? 'exited' : 'is not ready after 15 s'}: ${(logs.stdout + logs.stderr).trim()}`)
     }
     await sleep(5)
   }
 }
 
-function layOutSecret(dir: string, layout: SecretLayout, opts: PodmanPodOptions): void {
+function layOutSecret(dir: string, file: string, layout: SecretLayout, opts: PodmanPodOptions): void {
   switch (layout) {
     case 'k8s':
       // As the kubelet does: the file in a timestamped dir, two relative symlinks.
       mkdirSync(`${dir}/${K8S_DATA_DIR}`, { mode: 0o755 })
-      writeFileSync(`${dir}/${K8S_DATA_DIR}/token`, opts.token!, { mode: 0o644 })
+      writeFileSync(`${dir}/${K8S_DATA_DIR}/${file}`, opts.token!, { mode: 0o644 })
       symlinkSync(K8S_DATA_DIR, `${dir}/..data`)
-      symlinkSync('..data/token', `${dir}/token`)
+      symlinkSync(`..data/${file}`, `${dir}/${file}`)
       break
     case 'plain':
-      writeFileSync(`${dir}/token`, opts.token!, { mode: 0o644 })
+      writeFileSync(`${dir}/${file}`, opts.token!, { mode: 0o644 })
       break
     case 'abs-symlink':
-      symlinkSync(opts.symlinkTarget!, `${dir}/token`)
+      symlinkSync(opts.symlinkTarget!, `${dir}/${file}`)
       break
     case 'fifo':
-      execFileSync('mkfifo', ['-m', '644', `${dir}/token`])
+      execFileSync('mkfifo', ['-m', '644', `${dir}/${file}`])
       break
     case 'missing':
       break
@@ -347,6 +365,15 @@ export async function cleanupStale(): Promise<string[]> {
   return removed
 }
 
+function running(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    return !/^[ZX]/.test(stat.slice(stat.lastIndexOf(')') + 2))
+  } catch {
+    return false
+  }
+}
+
 function alive(pid: number): boolean {
   try {
     process.kill(pid, 0)
@@ -356,19 +383,25 @@ function alive(pid: number): boolean {
   }
 }
 
-// Last resort when a test process ends without removing its pods: remove them, synchronously.
-process.on('exit', () => {
-  for (const pod of live) {
-    try {
-      execFileSync('podman', ['--root', STORE.root, '--runroot', STORE.runroot, 'pod', 'rm', '-f', '-t', '0', pod.podName], {
-        env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', CONTAINERS_CONF: STORE.conf }, stdio: 'ignore', timeout: 30_000,
-      })
-    } catch {
-      // cleanupStale() of a later run finds it by its owner label
-    }
-    removeCgroupTree(pod.podCgroups)
-    rmSync(pod.secretHostDir, { recursive: true, force: true })
+const leftDirs = (pod: PodmanPod) => [...pod.podCgroups, ...Object.values(pod.cgroups.v1), ...(pod.cgroups.v2 ? [pod.cgroups.v2] : [])].filter((d) => existsSync(d))
+
+/** The synchronous teardown: `podman pod rm -f -t 0`, cgroup leftovers, the secret directory. */
+function removeNow(pod: PodmanPod): void {
+  live.delete(pod)
+  try {
+    execFileSync('podman', ['--root', STORE.root, '--runroot', STORE.runroot, 'pod', 'rm', '-f', '-t', '0', pod.podName], {
+      env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', CONTAINERS_CONF: STORE.conf }, stdio: 'ignore', timeout: 30_000,
+    })
+  } catch {
+    // cleanupStale() of a later run finds it by its owner label
   }
+  removeCgroupTree(pod.podCgroups)
+  rmSync(pod.secretHostDir, { recursive: true, force: true })
+}
+
+// Last resort when a test process ends without removing its pods.
+process.on('exit', () => {
+  for (const pod of live) removeNow(pod)
 })
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
