@@ -3,7 +3,9 @@
  * (docs/CHAIN.md section 2):
  *
  *   ENTER --pidfd=N --pid=P --ns=LIST --uid=U --gid=G --groups=LIST --fds=LIST
- *         (--exec-pod=PATH | --exec-host=PATH) -- ARGV0 [ARG...]
+ *         (--exec-pod=PATH | --exec-host=PATH)
+ *         [--mnt=own|pod] [--carry=PATH[,PATH]] [--carry-roots=R[,R]] [--devices=LIST]
+ *         [--pod-link=PATH] -- ARGV0 [ARG...]
  *
  * Why this is C and single-threaded: setns(fd, CLONE_NEWNS) fails with EINVAL in any
  * multi-threaded process, and net/ipc/uts/cgroup setns only move the calling thread. Node always
@@ -13,15 +15,23 @@
  * Order (each step assumes the ones before it):
  *   1. parse and check the argv; the --fds must be open before we open anything of our own
  *   2. open everything needed from the host: the --exec-host binary, /proc/self/fd (fallback
- *      for close_range), cap_last_cap, and in the fallback the /proc/PID/ns files
+ *      for close_range), cap_last_cap, and in the fallback the /proc/PID/ns files; with
+ *      --mnt=own the --carry clones (carry.c) and the host's --devices major:minor (devfs.c):
+ *      after setns the host's filesystem is out of reach
  *   3. setns(pidfd, mask), or one namespace at a time from /proc/PID/ns (mnt last)
- *   4. drop credentials: groups, gid, bounding set, ambient set, uid, then every capability
- *   5. verify that root cannot come back
- *   6. no_new_privs
- *   7. signals: every catchable one to SIG_DFL, nothing blocked
- *   8. fds: all close-on-exec except exactly --fds
- *   9. with the pid namespace: fork, stay as a transparent parent (libvirt tracks our pid)
- *  10. exec QEMU in place
+ *   4. with the pid namespace: fork; the child (the pod pid namespace's) does all that follows,
+ *      the parent drops its credentials too and stays as a transparent parent (libvirt tracks
+ *      our pid)
+ *   5. --mnt=own, still root (mountns.c): unshare(CLONE_NEWNS), / MS_REC|MS_SLAVE, QEMU's /dev,
+ *      a fresh /proc (hidepid=invisible), the carried directories over tmpfs'd roots
+ *   6. drop credentials: groups, gid, bounding set, ambient set, uid, then every capability
+ *   7. verify that root cannot come back; the pid-namespace child arms PDEATHSIG only now
+ *      (a uid change clears it)
+ *   8. no_new_privs
+ *   9. signals: every catchable one to SIG_DFL, nothing blocked
+ *  10. --pod-link, as QEMU's uid (podlink.c): hand the pod's launcher a pidfd of ourselves
+ *  11. fds: all close-on-exec except exactly --fds
+ *  12. exec QEMU in place
  *
  * Every failure prints one JSON line on stderr and exits 71 (64 for a bad argv); QEMU is never
  * started then. Makes no NSS calls: ids arrive as numbers.
@@ -48,6 +58,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 #include "json-error.h"
+#include "mountns.h"
 
 #ifndef SYS_pidfd_send_signal
 #define SYS_pidfd_send_signal 424
@@ -90,6 +101,11 @@ static struct {
 	const char *exec_path;
 	int exec_host;
 	char **argv;
+	int mnt_own;            /* --mnt=own: QEMU's own mount namespace (mountns.c) */
+	struct qk_carry *carry; /* --carry, each with its --carry-roots entry */
+	size_t ncarry;
+	struct qk_devices devices;
+	const char *pod_link;   /* "" = none */
 } o;
 
 /* ---- errors --------------------------------------------------------------------------------- */
@@ -101,10 +117,16 @@ static _Noreturn void die(int status, const char *code, const char *msg, const c
 }
 
 /* A failed step: "<step>: <strerror>", exit 71. */
-static _Noreturn void bail(const char *code, const char *step, const char *hint)
+_Noreturn void qk_bail(const char *code, const char *step, const char *hint)
 {
 	char msg[PATH_MAX + 256];
 	snprintf(msg, sizeof(msg), "%s: %s", step, strerror(errno));
+	die(EX_OSERR, code, msg, hint);
+}
+
+/* A rule the input broke (no errno), exit 71. */
+_Noreturn void qk_fail(const char *code, const char *msg, const char *hint)
+{
 	die(EX_OSERR, code, msg, hint);
 }
 
@@ -157,7 +179,7 @@ static size_t parse_list(const char *opt, const char *s, long long max, size_t c
 	long long *v = calloc(n, sizeof(*v));
 	char *copy = strdup(s);
 	if (v == NULL || copy == NULL)
-		bail("USAGE", "calloc", "");
+		qk_bail("USAGE", "calloc", "");
 	size_t i = 0;
 	char *save = copy, *e;
 	while ((e = strsep(&save, ",")) != NULL)
@@ -181,7 +203,7 @@ static int parse_ns(const char *s)
 	int mask = 0;
 	char *copy = strdup(s), *save = copy, *e;
 	if (copy == NULL)
-		bail("USAGE", "strdup", "");
+		qk_bail("USAGE", "strdup", "");
 	if (*s == '\0') {
 		free(copy);
 		return 0;
@@ -202,7 +224,100 @@ static int parse_ns(const char *s)
 	return mask;
 }
 
-enum { O_PIDFD, O_PID, O_NS, O_UID, O_GID, O_GROUPS, O_FDS, O_EXEC_POD, O_EXEC_HOST, O_COUNT };
+/*
+ * An absolute, normalised path: "/" then non-empty components, none "." or "..", no trailing
+ * "/", shorter than max. The kernel is never asked to make sense of anything else.
+ */
+static int clean_path(const char *p, size_t max)
+{
+	if (p[0] != '/' || p[1] == '\0' || strlen(p) >= max)
+		return -1;
+	for (const char *c = p + 1;;) {
+		size_t len = strcspn(c, "/");
+		if (len == 0 || (len == 1 && c[0] == '.') || (len == 2 && c[0] == '.' && c[1] == '.'))
+			return -1;
+		if (c[len] == '\0')
+			return 0;
+		c += len + 1;
+	}
+}
+
+/* below is strictly under dir (a clean path): "dir/..." */
+static int is_under(const char *below, const char *dir)
+{
+	size_t n = strlen(dir);
+	return strncmp(below, dir, n) == 0 && below[n] == '/';
+}
+
+/* Comma-separated clean paths; "" is the empty list. The strings point into a private copy. */
+static size_t parse_paths(const char *opt, const char *s, char ***out)
+{
+	size_t n = 0;
+	*out = NULL;
+	if (*s == '\0')
+		return 0;
+	for (const char *p = s; *p; p++)
+		n += *p == ',';
+	if (++n > 64)
+		usage("too many elements in", opt);
+	char **v = calloc(n, sizeof(*v));
+	char *copy = strdup(s);
+	if (v == NULL || copy == NULL)
+		qk_bail("USAGE", "calloc", "");
+	size_t i = 0;
+	char *save = copy, *e;
+	while ((e = strsep(&save, ",")) != NULL) {
+		if (clean_path(e, PATH_MAX) != 0)
+			usage("not an absolute, normalised path in", opt);
+		for (size_t j = 0; j < i; j++)
+			if (strcmp(v[j], e) == 0 || is_under(v[j], e) || is_under(e, v[j]))
+				usage("paths must not repeat or nest in", opt);
+		v[i++] = e;
+	}
+	*out = v;
+	return n;
+}
+
+/* --carry against --carry-roots: every path strictly under exactly one root. */
+static void match_carry(char **paths, size_t npaths, char **roots, size_t nroots)
+{
+	o.carry = calloc(npaths + 1, sizeof(*o.carry));
+	if (o.carry == NULL)
+		qk_bail("USAGE", "calloc", "");
+	for (size_t i = 0; i < npaths; i++) {
+		const char *root = NULL;
+		for (size_t j = 0; j < nroots; j++)
+			if (is_under(paths[i], roots[j]))
+				root = roots[j]; /* roots do not nest (parse_paths): at most one */
+		if (root == NULL)
+			usage("--carry path is not under any --carry-roots entry", paths[i]);
+		o.carry[i] = (struct qk_carry){paths[i], root, -1};
+	}
+	o.ncarry = npaths;
+}
+
+static unsigned parse_devices(const char *s)
+{
+	unsigned mask = 0;
+	char *copy = strdup(s), *save = copy, *e;
+	if (copy == NULL)
+		qk_bail("USAGE", "strdup", "");
+	while (*s && (e = strsep(&save, ",")) != NULL) {
+		int i = qk_device_index(e);
+		if (i < 0)
+			usage("unknown device in --devices (kvm, tun, vhost-net)", e);
+		if (mask & (1u << i))
+			usage("device named twice in --devices", e);
+		mask |= 1u << i;
+	}
+	free(copy);
+	return mask;
+}
+
+enum {
+	O_PIDFD, O_PID, O_NS, O_UID, O_GID, O_GROUPS, O_FDS, O_EXEC_POD, O_EXEC_HOST,
+	O_MNT, O_CARRY, O_CARRY_ROOTS, O_DEVICES, O_POD_LINK, O_COUNT
+};
 
 static void parse_args(int argc, char **argv)
 {
@@ -216,10 +331,18 @@ static void parse_args(int argc, char **argv)
 		{"fds", required_argument, NULL, O_FDS},
 		{"exec-pod", required_argument, NULL, O_EXEC_POD},
 		{"exec-host", required_argument, NULL, O_EXEC_HOST},
+		{"mnt", required_argument, NULL, O_MNT},
+		{"carry", required_argument, NULL, O_CARRY},
+		{"carry-roots", required_argument, NULL, O_CARRY_ROOTS},
+		{"devices", required_argument, NULL, O_DEVICES},
+		{"pod-link", required_argument, NULL, O_POD_LINK},
 		{NULL, 0, NULL, 0},
 	};
 	int seen[O_COUNT] = {0};
 	long long *list;
+	char **carry = NULL, **roots = NULL;
+	size_t ncarry = 0, nroots = 0;
+	o.pod_link = "";
 	int c, idx;
 
 	/* "+": stop at the first non-option; ":" and opterr = 0: we print the only error line. */
@@ -257,7 +380,7 @@ static void parse_args(int argc, char **argv)
 			o.ngroups = parse_list(arg, optarg, UINT32_MAX - 1, MAX_GROUPS, &list);
 			o.groups = calloc(o.ngroups + 1, sizeof(gid_t));
 			if (o.groups == NULL)
-				bail("USAGE", "calloc", "");
+				qk_bail("USAGE", "calloc", "");
 			for (size_t i = 0; i < o.ngroups; i++)
 				o.groups[i] = (gid_t)list[i];
 			free(list);
@@ -266,7 +389,7 @@ static void parse_args(int argc, char **argv)
 			o.nfds = parse_list(arg, optarg, INT_MAX, MAX_FDS, &list);
 			o.fds = calloc(o.nfds + 1, sizeof(int));
 			if (o.fds == NULL)
-				bail("USAGE", "calloc", "");
+				qk_bail("USAGE", "calloc", "");
 			for (size_t i = 0; i < o.nfds; i++)
 				o.fds[i] = (int)list[i];
 			free(list);
@@ -277,6 +400,26 @@ static void parse_args(int argc, char **argv)
 			o.exec_host = c == O_EXEC_HOST;
 			if (optarg[0] != '/')
 				usage("the QEMU path must be absolute", arg);
+			break;
+		case O_MNT:
+			if (strcmp(optarg, "own") != 0 && strcmp(optarg, "pod") != 0)
+				usage("--mnt must be own or pod", arg);
+			o.mnt_own = strcmp(optarg, "own") == 0;
+			break;
+		case O_CARRY:
+			ncarry = parse_paths(arg, optarg, &carry);
+			break;
+		case O_CARRY_ROOTS:
+			nroots = parse_paths(arg, optarg, &roots);
+			break;
+		case O_DEVICES:
+			o.devices.wanted = parse_devices(optarg);
+			break;
+		case O_POD_LINK:
+			/* 108 = sizeof(sun_path) */
+			if (*optarg && clean_path(optarg, 108) != 0)
+				usage("--pod-link must be empty or an absolute, normalised path under 108 bytes", arg);
+			o.pod_link = optarg;
 			break;
 		}
 	}
@@ -291,6 +434,17 @@ static void parse_args(int argc, char **argv)
 	if (optind >= argc)
 		usage("missing ARGV0 after --", NULL);
 	o.argv = argv + optind;
+
+	/* --mnt absent = pod (the argv before issue 7); the launch path passes --mnt=own. */
+	if (o.mnt_own && !(o.ns & CLONE_NEWNS))
+		usage("--mnt=own needs mnt in --ns", NULL);
+	if ((ncarry > 0 || o.devices.wanted) && !o.mnt_own)
+		usage("--carry and --devices need --mnt=own", NULL);
+	if (*o.pod_link && !(o.ns & CLONE_NEWNS))
+		usage("--pod-link needs mnt in --ns", NULL);
+	match_carry(carry, ncarry, roots, nroots);
+	free(carry);
+	free(roots);
 
 	if (o.ns != 0) {
 		if (o.pid <= 0)
@@ -308,7 +462,7 @@ static void parse_args(int argc, char **argv)
 		if (fcntl(o.fds[i], F_GETFD) < 0) {
 			char what[64];
 			snprintf(what, sizeof(what), "--fds: fd %d is not open", o.fds[i]);
-			bail("FDS", what, "the fds libvirt passed must reach the helper");
+			qk_bail("FDS", what, "the fds libvirt passed must reach the helper");
 		}
 		if (o.fds[i] == o.pidfd)
 			usage("--fds must not contain the pidfd", NULL);
@@ -329,10 +483,10 @@ static pid_t pidfd_pid(int pidfd)
 	snprintf(path, sizeof(path), "/proc/self/fdinfo/%d", pidfd);
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
-		bail("PIDFD", "open /proc/self/fdinfo", "");
+		qk_bail("PIDFD", "open /proc/self/fdinfo", "");
 	ssize_t n = read(fd, buf, sizeof(buf) - 1);
 	if (n < 0)
-		bail("PIDFD", "read /proc/self/fdinfo", "");
+		qk_bail("PIDFD", "read /proc/self/fdinfo", "");
 	close(fd);
 	buf[n] = '\0';
 	char *p = strstr(buf, "\nPid:\t");
@@ -359,7 +513,7 @@ static void enter_by_proc(void)
 	/* The pidfd pins the process; check that /proc/PID is that process before trusting it. */
 	if (o.pidfd >= 0 && pidfd_pid(o.pidfd) != o.pid) {
 		errno = ESRCH;
-		bail("PIDFD", "--pidfd does not refer to --pid in /proc", "");
+		qk_bail("PIDFD", "--pidfd does not refer to --pid in /proc", "");
 	}
 	for (size_t i = 0; i < NNS; i++) {
 		nsfd[i] = -1;
@@ -368,18 +522,18 @@ static void enter_by_proc(void)
 		snprintf(path, sizeof(path), "/proc/%d/ns/%s", (int)o.pid, NS[i].name);
 		nsfd[i] = open(path, O_RDONLY | O_CLOEXEC);
 		if (nsfd[i] < 0)
-			bail("OPEN", path, "the target process is gone or /proc is not the host's");
+			qk_bail("OPEN", path, "the target process is gone or /proc is not the host's");
 	}
 	/* Still alive after the opens, so the pid was not reused: the files are the pinned one's. */
 	if (o.pidfd >= 0 && pidfd_signal0(o.pidfd) != 0)
-		bail("PIDFD", "target exited while its namespaces were opened", "start the VM again");
+		qk_bail("PIDFD", "target exited while its namespaces were opened", "start the VM again");
 	for (size_t i = 0; i < NNS; i++) {
 		if (nsfd[i] < 0)
 			continue;
 		/* Irreversible: we are in this namespace of the pod from here on. */
 		if (setns(nsfd[i], NS[i].flag) != 0) {
 			snprintf(path, sizeof(path), "setns(/proc/%d/ns/%s)", (int)o.pid, NS[i].name);
-			bail("SETNS", path, "");
+			qk_bail("SETNS", path, "");
 		}
 		close(nsfd[i]);
 	}
@@ -391,13 +545,13 @@ static void enter_namespaces(void)
 		return;
 	if (o.pidfd >= 0) {
 		if (pidfd_signal0(o.pidfd) != 0)
-			bail("PIDFD", "pidfd_send_signal(pidfd, 0)",
+			qk_bail("PIDFD", "pidfd_send_signal(pidfd, 0)",
 			     errno == ESRCH ? "the pod's process exited; start the VM again" : "--pidfd is not a pidfd");
 		/* Irreversible: all requested namespaces at once, atomically (Linux >= 5.8). */
 		if (setns(o.pidfd, o.ns) == 0)
 			return;
 		if (errno != EINVAL)
-			bail("SETNS", "setns(pidfd)", "");
+			qk_bail("SETNS", "setns(pidfd)", "");
 	}
 	enter_by_proc();
 }
@@ -410,16 +564,16 @@ static int read_last_cap(void)
 	long long v;
 	int fd = open("/proc/sys/kernel/cap_last_cap", O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
-		bail("OPEN", "open /proc/sys/kernel/cap_last_cap", "");
+		qk_bail("OPEN", "open /proc/sys/kernel/cap_last_cap", "");
 	ssize_t n = read(fd, buf, sizeof(buf) - 1);
 	if (n <= 0)
-		bail("OPEN", "read /proc/sys/kernel/cap_last_cap", "");
+		qk_bail("OPEN", "read /proc/sys/kernel/cap_last_cap", "");
 	close(fd);
 	buf[n] = '\0';
 	buf[strcspn(buf, "\n")] = '\0';
 	if (parse_dec(buf, 0, 63, &v) != 0) {
 		errno = EINVAL;
-		bail("OPEN", "parse /proc/sys/kernel/cap_last_cap", "");
+		qk_bail("OPEN", "parse /proc/sys/kernel/cap_last_cap", "");
 	}
 	return (int)v;
 }
@@ -428,26 +582,26 @@ static void drop_credentials(int last_cap)
 {
 	/* Irreversible: QEMU's supplementary groups and gid; both need CAP_SETGID, so before uid. */
 	if (setgroups(o.ngroups, o.groups) != 0)
-		bail("CREDS", "setgroups", "");
+		qk_bail("CREDS", "setgroups", "");
 	if (setresgid(o.gid, o.gid, o.gid) != 0)
-		bail("CREDS", "setresgid", "");
+		qk_bail("CREDS", "setresgid", "");
 	/* Capabilities must not survive the uid change below. */
 	if (prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0) != 0)
-		bail("CAPS", "prctl(PR_SET_KEEPCAPS, 0)", "");
+		qk_bail("CAPS", "prctl(PR_SET_KEEPCAPS, 0)", "");
 	/* Irreversible: the bounding set caps what any later exec can gain (needs CAP_SETPCAP). */
 	for (int cap = 0; cap <= last_cap; cap++)
 		if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0)
-			bail("CAPS", "prctl(PR_CAPBSET_DROP)", "");
+			qk_bail("CAPS", "prctl(PR_CAPBSET_DROP)", "");
 	if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0)
-		bail("CAPS", "prctl(PR_CAP_AMBIENT_CLEAR_ALL)", "");
+		qk_bail("CAPS", "prctl(PR_CAP_AMBIENT_CLEAR_ALL)", "");
 	/* Irreversible: the uid last, it takes the privilege the steps above needed. */
 	if (setresuid(o.uid, o.uid, o.uid) != 0)
-		bail("CREDS", "setresuid", "");
+		qk_bail("CREDS", "setresuid", "");
 	/* The uid change empties permitted/effective but not inheritable; with --uid=0 nothing. */
 	struct __user_cap_header_struct hdr = {_LINUX_CAPABILITY_VERSION_3, 0};
 	struct __user_cap_data_struct data[2] = {{0, 0, 0}, {0, 0, 0}};
 	if (syscall(SYS_capset, &hdr, data) != 0)
-		bail("CAPS", "capset(0)", "");
+		qk_bail("CAPS", "capset(0)", "");
 }
 
 static void verify_credentials(int last_cap)
@@ -456,31 +610,31 @@ static void verify_credentials(int last_cap)
 	gid_t rg, eg, sg;
 	if (o.uid != 0 && (setresuid(0, 0, 0) == 0 || errno != EPERM)) {
 		errno = EPERM;
-		bail("VERIFY", "setresuid(0,0,0) did not fail after the drop", "");
+		qk_bail("VERIFY", "setresuid(0,0,0) did not fail after the drop", "");
 	}
 	if (o.gid != 0 && (setresgid(0, 0, 0) == 0 || errno != EPERM)) {
 		errno = EPERM;
-		bail("VERIFY", "setresgid(0,0,0) did not fail after the drop", "");
+		qk_bail("VERIFY", "setresgid(0,0,0) did not fail after the drop", "");
 	}
 	if (getresuid(&r, &e, &s) != 0 || getresgid(&rg, &eg, &sg) != 0)
-		bail("VERIFY", "getresuid/getresgid", "");
+		qk_bail("VERIFY", "getresuid/getresgid", "");
 	if (r != o.uid || e != o.uid || s != o.uid || rg != o.gid || eg != o.gid || sg != o.gid) {
 		errno = EPERM;
-		bail("VERIFY", "ids differ from --uid/--gid after the drop", "");
+		qk_bail("VERIFY", "ids differ from --uid/--gid after the drop", "");
 	}
 	struct __user_cap_header_struct hdr = {_LINUX_CAPABILITY_VERSION_3, 0};
 	struct __user_cap_data_struct d[2];
 	if (syscall(SYS_capget, &hdr, d) != 0)
-		bail("VERIFY", "capget", "");
+		qk_bail("VERIFY", "capget", "");
 	for (int i = 0; i < 2; i++)
 		if (d[i].effective || d[i].permitted || d[i].inheritable) {
 			errno = EPERM;
-			bail("VERIFY", "capabilities left after the drop", "");
+			qk_bail("VERIFY", "capabilities left after the drop", "");
 		}
 	for (int cap = 0; cap <= last_cap; cap++)
 		if (prctl(PR_CAPBSET_READ, cap, 0, 0, 0) != 0) {
 			errno = EPERM;
-			bail("VERIFY", "bounding set not empty after the drop", "");
+			qk_bail("VERIFY", "bounding set not empty after the drop", "");
 		}
 }
 
@@ -492,7 +646,7 @@ static void verify_credentials(int last_cap)
  * is what QEMU would get from a clean fork+exec. glibc reserves two realtime signals for
  * itself (32, 33) and refuses to touch them; it resets those in the new program itself.
  */
-static void reset_signals(void)
+static void reset_dispositions(void)
 {
 	struct sigaction sa;
 	memset(&sa, 0, sizeof(sa));
@@ -502,12 +656,17 @@ static void reset_signals(void)
 		if (sig == SIGKILL || sig == SIGSTOP)
 			continue;
 		if (sigaction(sig, &sa, NULL) != 0 && !(errno == EINVAL && sig >= 32 && sig < SIGRTMIN))
-			bail("SIGNALS", "sigaction(SIG_DFL)", "");
+			qk_bail("SIGNALS", "sigaction(SIG_DFL)", "");
 	}
+}
+
+static void reset_signals(void)
+{
+	reset_dispositions();
 	sigset_t none;
 	sigemptyset(&none);
 	if (sigprocmask(SIG_SETMASK, &none, NULL) != 0)
-		bail("SIGNALS", "sigprocmask", "");
+		qk_bail("SIGNALS", "sigprocmask", "");
 }
 
 /* ---- 8. fds ----------------------------------------------------------------------------------- */
@@ -519,11 +678,11 @@ static size_t list_fds(int procfd, int **out)
 	size_t n = 0, cap = 64;
 	int *v = malloc(cap * sizeof(int));
 	if (v == NULL || lseek(procfd, 0, SEEK_SET) != 0)
-		bail("FDS", "list /proc/self/fd", "");
+		qk_bail("FDS", "list /proc/self/fd", "");
 	for (;;) {
 		ssize_t got = getdents64(procfd, buf, sizeof(buf));
 		if (got < 0)
-			bail("FDS", "getdents64 /proc/self/fd", "");
+			qk_bail("FDS", "getdents64 /proc/self/fd", "");
 		if (got == 0)
 			break;
 		for (ssize_t off = 0; off < got;) {
@@ -533,7 +692,7 @@ static size_t list_fds(int procfd, int **out)
 			if (parse_dec(d->d_name, 0, INT_MAX, &fd) != 0)
 				continue; /* "." and ".." */
 			if (n == cap && (v = realloc(v, (cap *= 2) * sizeof(int))) == NULL)
-				bail("FDS", "realloc", "");
+				qk_bail("FDS", "realloc", "");
 			v[n++] = (int)fd;
 		}
 	}
@@ -546,7 +705,7 @@ static void set_fds(int procfd)
 	/* Irreversible at exec: every fd we did not name is gone for QEMU. */
 	if (syscall(SYS_close_range, 0U, ~0U, CLOSE_RANGE_CLOEXEC) != 0) {
 		if (errno != ENOSYS && errno != EINVAL)
-			bail("FDS", "close_range(CLOSE_RANGE_CLOEXEC)", "");
+			qk_bail("FDS", "close_range(CLOSE_RANGE_CLOEXEC)", "");
 		int *all;
 		size_t n = list_fds(procfd, &all);
 		for (size_t i = 0; i < n; i++) {
@@ -554,14 +713,14 @@ static void set_fds(int procfd)
 			if (fl < 0 && errno == EBADF) /* the directory's own transient fd */
 				continue;
 			if (fl < 0 || fcntl(all[i], F_SETFD, fl | FD_CLOEXEC) != 0)
-				bail("FDS", "fcntl(FD_CLOEXEC)", "");
+				qk_bail("FDS", "fcntl(FD_CLOEXEC)", "");
 		}
 		free(all);
 	}
 	for (size_t i = 0; i < o.nfds; i++) {
 		int fl = fcntl(o.fds[i], F_GETFD);
 		if (fl < 0 || fcntl(o.fds[i], F_SETFD, fl & ~FD_CLOEXEC) != 0)
-			bail("FDS", "fcntl(~FD_CLOEXEC) on an --fds entry", "");
+			qk_bail("FDS", "fcntl(~FD_CLOEXEC) on an --fds entry", "");
 	}
 }
 
@@ -604,60 +763,83 @@ static _Noreturn void supervise(pid_t child, int procfd, const sigset_t *set)
 		if (sig < 0) {
 			if (errno == EINTR)
 				continue;
-			bail("FORK", "sigwaitinfo", "");
+			qk_bail("FORK", "sigwaitinfo", "");
 		}
 		if (sig != SIGCHLD) {
 			if (kill(child, sig) != 0 && errno != ESRCH)
-				bail("FORK", "kill(child)", "");
+				qk_bail("FORK", "kill(child)", "");
 			continue;
 		}
 		pid_t r = waitpid(child, &st, WNOHANG);
 		if (r == child)
 			exit_like(st);
 		if (r < 0)
-			bail("FORK", "waitpid", "");
+			qk_bail("FORK", "waitpid", "");
 	}
 }
 
-static void fork_into_pid_ns(int procfd)
+/* The child watches this pidfd of the parent: getppid() cannot tell it that the parent died. */
+static int parent_pidfd = -1;
+
+/*
+ * Forks right after setns: the child is the first process in the pod's pid namespace and does
+ * everything that follows (its procfs must be that namespace's). The parent gives up root like
+ * the child and supervises; only the child returns.
+ */
+static void fork_into_pid_ns(int procfd, int last_cap)
 {
 	static const int fwd[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGCHLD};
-	sigset_t set, none;
+	sigset_t set;
 	sigemptyset(&set);
-	sigemptyset(&none);
 	for (size_t i = 0; i < sizeof(fwd) / sizeof(fwd[0]); i++)
 		sigaddset(&set, fwd[i]);
 
-	/* The child watches this pidfd of ours: getppid() cannot tell it that we died (below). */
 	int self = (int)syscall(SYS_pidfd_open, getpid(), 0);
 	if (self < 0)
-		bail("FORK", "pidfd_open(self)", "");
+		qk_bail("FORK", "pidfd_open(self)", "");
+	/*
+	 * Dispositions before the fork: setting SIGCHLD to SIG_DFL (default: ignore) discards a
+	 * pending SIGCHLD, and a child that fails early could exit before the parent got there.
+	 */
+	reset_dispositions();
 	/* Blocked until the parent waits for them and the child has reset its mask. */
 	if (sigprocmask(SIG_BLOCK, &set, NULL) != 0)
-		bail("FORK", "sigprocmask", "");
+		qk_bail("FORK", "sigprocmask", "");
 	pid_t child = fork();
 	if (child < 0)
-		bail("FORK", "fork", "");
-	if (child > 0)
+		qk_bail("FORK", "fork", "");
+	if (child > 0) {
+		/* Irreversible: the parent stays for libvirt, but not as root. */
+		drop_credentials(last_cap);
+		verify_credentials(last_cap);
+		if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
+			qk_bail("NNP", "prctl(PR_SET_NO_NEW_PRIVS)", "");
+		if (sigprocmask(SIG_SETMASK, &set, NULL) != 0)
+			qk_bail("FORK", "sigprocmask", "");
 		supervise(child, procfd, &set);
+	}
+	parent_pidfd = self;
+}
 
-	/*
-	 * Irreversible: the child dies with the parent. Usual check after PR_SET_PDEATHSIG is that
-	 * getppid() did not change, but the parent lives outside the pod's pid namespace, so
-	 * getppid() is 0 before and after it dies. A pidfd polls readable once the parent has
-	 * exited, and the parent's exit reparents us (and sends PDEATHSIG) before it does that.
-	 */
+/*
+ * Child, after its credential drop (a change of euid/egid clears PDEATHSIG, so not earlier).
+ * Irreversible: the child dies with the parent. The usual check after PR_SET_PDEATHSIG is that
+ * getppid() did not change, but the parent lives outside the pod's pid namespace, so getppid()
+ * is 0 before and after it dies. A pidfd polls readable once the parent has exited, and the
+ * parent's exit reparents us (and sends PDEATHSIG) before it does that.
+ */
+static void arm_parent_death(void)
+{
 	if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0)
-		bail("FORK", "prctl(PR_SET_PDEATHSIG)", "");
-	struct pollfd p = {self, POLLIN, 0};
+		qk_bail("FORK", "prctl(PR_SET_PDEATHSIG)", "");
+	struct pollfd p = {parent_pidfd, POLLIN, 0};
 	int r = poll(&p, 1, 0);
 	if (r != 0) {
 		errno = r < 0 ? errno : ESRCH;
-		bail("FORK", "parent exited before the child started", "");
+		qk_bail("FORK", "parent exited before the child started", "");
 	}
-	close(self);
-	if (sigprocmask(SIG_SETMASK, &none, NULL) != 0)
-		bail("FORK", "sigprocmask", "");
+	close(parent_pidfd);
+	parent_pidfd = -1;
 }
 
 /* ---- main --------------------------------------------------------------------------------------- */
@@ -670,7 +852,7 @@ int main(int argc, char **argv)
 	/* 2. Everything from the host, while we still see the host's filesystem. */
 	int procfd = open("/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (procfd < 0)
-		bail("OPEN", "open /proc/self/fd", "mount procfs on /proc");
+		qk_bail("OPEN", "open /proc/self/fd", "mount procfs on /proc");
 	int last_cap = read_last_cap();
 	int exec_fd = -1;
 	if (o.exec_host) {
@@ -678,38 +860,57 @@ int main(int argc, char **argv)
 		/* O_CLOEXEC is fine for an ELF binary (a #! script would need the fd open). */
 		exec_fd = open(o.exec_path, O_PATH | O_CLOEXEC);
 		if (exec_fd < 0)
-			bail("OPEN", "open --exec-host", "check probe_qemu_binary / the QEMU path");
+			qk_bail("OPEN", "open --exec-host", "check probe_qemu_binary / the QEMU path");
 		if (fstat(exec_fd, &st) != 0)
-			bail("OPEN", "fstat --exec-host", "");
+			qk_bail("OPEN", "fstat --exec-host", "");
 		if (!S_ISREG(st.st_mode)) {
 			errno = EACCES;
-			bail("OPEN", "--exec-host is not a regular file", "");
+			qk_bail("OPEN", "--exec-host is not a regular file", "");
 		}
+	}
+	if (o.mnt_own) {
+		qk_carry_open(o.carry, o.ncarry, o.uid);
+		qk_devices_probe(&o.devices);
 	}
 
 	/* 3. */
 	enter_namespaces();
 
-	/* 4., 5., 6. */
+	/* 4. setns(CLONE_NEWPID) only affects children: QEMU must be one, and the mounts below
+	 * must be made by it (a procfs belongs to its mounter's pid namespace). */
+	if (o.ns & CLONE_NEWPID)
+		fork_into_pid_ns(procfd, last_cap);
+
+	/* 5. Still root: QEMU's own mount namespace, derived from the pod's. */
+	if (o.mnt_own) {
+		struct qk_mountns m = {o.uid, o.gid, &o.devices, o.carry, o.ncarry};
+		qk_mountns_own(&m);
+	}
+
+	/* 6., 7., 8. */
 	drop_credentials(last_cap);
 	verify_credentials(last_cap);
+	if (o.ns & CLONE_NEWPID)
+		arm_parent_death();
 	/* Irreversible: nothing QEMU execs can gain privileges (setuid bits, file caps). */
 	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
-		bail("NNP", "prctl(PR_SET_NO_NEW_PRIVS)", "");
+		qk_bail("NNP", "prctl(PR_SET_NO_NEW_PRIVS)", "");
 
-	/* 7., 8. */
+	/* 9. */
 	reset_signals();
+
+	/* 10. Unprivileged, in QEMU's mount namespace: the launcher learns QEMU's pidfd first. */
+	if (*o.pod_link)
+		qk_podlink(o.pod_link);
+
+	/* 11. */
 	set_fds(procfd);
 
-	/* 9. setns(CLONE_NEWPID) only affects children: QEMU must be one. */
-	if (o.ns & CLONE_NEWPID)
-		fork_into_pid_ns(procfd);
-
-	/* 10. QEMU replaces us in place, with the environment Node built for it. */
+	/* 12. QEMU replaces us in place, with the environment Node built for it. */
 	if (o.exec_host)
 		syscall(SYS_execveat, exec_fd, "", o.argv, environ, AT_EMPTY_PATH);
 	else
 		execve(o.exec_path, o.argv, environ);
-	bail("EXEC", o.exec_host ? "execveat(--exec-host)" : "execve(--exec-pod)",
+	qk_bail("EXEC", o.exec_host ? "execveat(--exec-host)" : "execve(--exec-pod)",
 	     o.exec_host ? "" : "the QEMU path must exist inside the pod's mount namespace");
 }
