@@ -3,6 +3,7 @@
 // The helper is TypeScript, so it is bundled here with esbuild (as bench/storm.mjs bundles its
 // helpers) and re-exported in the shape bench/startup.mjs uses.
 import { build } from 'esbuild'
+import { dirname } from 'node:path'
 import { pathToFileURL } from 'node:url'
 import { buildDirectory, ROOT } from './lib.mjs'
 
@@ -30,14 +31,20 @@ export const hierarchies = h.hierarchies
 export const helper = h
 
 /**
- * Starts a pod whose launcher (the real virt-launcher from the launcher image; `pause` is not
- * used any more) carries the VM's uuid and name, with the token at secretPath in the pod only.
+ * Starts a pod whose launcher (the real virt-launcher from the launcher image) carries the VM's
+ * uuid and name, with the token at secretPath in the pod only. `pause` is no longer the launcher;
+ * its directory (the bench's build dir: the stand-in QEMU, the C floor) is bound read-only into
+ * the pod, with /usr/bin/readlink, because the startup rows exec those inside the pod's mount
+ * namespace (the image has neither). The pod shares the host's pid namespace (`--pid host`), as
+ * the earlier unshare pods did: the floor row checks where it landed by reading /proc/self/ns
+ * inside the pod, and a pod's own /proc has no /proc/self for a host-pid process (docs/PODS.md).
  * Returns { pid, cgroups (directories), ns: { mnt, net, ipc, uts, cgroup } (link text), pod,
  * destroy() -> the cgroup directories left }.
  */
-export async function makePod({ uuid, name, token, secretPath, qemuUid }) {
+export async function makePod({ uuid, name, token, secretPath, pause, qemuUid }) {
   await h.cleanupStale()
-  const pod = await h.makePodmanPod({ uuid, name, token, secretPath, ...(qemuUid === undefined ? {} : { qemuUid }) })
+  const volumes = ['/usr/bin/readlink:/usr/bin/readlink:ro', ...(pause ? [`${dirname(pause)}:${dirname(pause)}:ro`] : [])]
+  const pod = await h.makePodmanPod({ uuid, name, token, secretPath, volumes, hostPid: true, ...(qemuUid === undefined ? {} : { qemuUid }) })
   const ns = Object.fromEntries(['mnt', 'net', 'ipc', 'uts', 'cgroup'].map((n) => [n, `${n}:[${pod.ns[n]}]`]))
   return {
     pid: pod.pid,

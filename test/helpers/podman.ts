@@ -75,6 +75,10 @@ export interface PodmanPodOptions {
   extraArgs?: readonly string[]
   /** Host devices for the launcher's container (`--device`), e.g. ['/dev/kvm']. */
   devices?: readonly string[]
+  /** Extra binds `HOST:POD[:ro]` for fixtures the image lacks (bench only: a test should not need host paths in a pod). */
+  volumes?: readonly string[]
+  /** `--pid host`: the launcher in the host's pid namespace (its /proc is the host's). Bench only; a real pod has its own. */
+  hostPid?: boolean
   /** Default: the current launcher image (built or found by launcherImage()). */
   image?: string
   /** kubelet-like cgroup paths, e.g. /kubepods/besteffort/podX (default podman's /libpod_parent). */
@@ -220,6 +224,7 @@ export async function makePodmanPod(opts: PodmanPodOptions): Promise<PodmanPod> 
     const pidFile = `${secretHostDir}.pid`
     ctrId = pod.ctrId = await podmanOk(['run', '-d', '--pod', podName, '--name', `${podName}-launcher`, '--cgroupns=private', ...labels,
       '--pidfile', pidFile, '-v', `${secretHostDir}:${secretPath.slice(0, cut)}:ro`, ...(opts.devices ?? []).flatMap((d) => ['--device', d]),
+      ...(opts.volumes ?? []).flatMap((v) => ['-v', v]), ...(opts.hostPid ? ['--pid', 'host'] : []),
       img, '-kubevirt.vm.uuid', opts.uuid, '-kubevirt.vm.name', opts.name, '-ready-file', READY_FILE,
       ...(secretPath === SECRET_PATH ? [] : ['-secret-path', secretPath]),
       ...(flagIn(opts.extraArgs ?? [], 'qemu-uid') ? [] : ['-qemu-uid', String(opts.qemuUid ?? 65534)]), ...(opts.extraArgs ?? [])])
