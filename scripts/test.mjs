@@ -1,4 +1,5 @@
-// `npm test` after set-up: every test file under test/, through tap, then one closing line
+// `npm test` after set-up: every test file under test/, through tap (test/e2e/ last and one file
+// at a time), then one closing line
 // `N passed, N failed, N skipped` counted from tap's TAP stream (CI reads that line; tap's own
 // summary is not recognised). Test points that close a subtest are not counted, only leaves.
 import { spawn } from 'node:child_process'
@@ -9,9 +10,11 @@ const root = resolve(import.meta.dirname, '..')
 // Every *.test.ts under test/ (not the helper modules beside them), unless files are named.
 const testFiles = (dir) => readdirSync(`${root}/${dir}`, { withFileTypes: true }).flatMap((e) =>
   e.isDirectory() ? testFiles(`${dir}/${e.name}`) : e.name.endsWith('.test.ts') ? [`${dir}/${e.name}`] : [])
-const files = process.argv.slice(2)
-const tap = spawn(process.execPath, [`${root}/node_modules/tap/dist/esm/run.mjs`, '--reporter=tap', '--disable-coverage',
-  '--timeout=1200', '--jobs=2', ...(files.length ? files : testFiles('test').sort())], { cwd: root, stdio: ['ignore', 'pipe', 'inherit'] })
+const named = process.argv.slice(2)
+// The end-to-end files share one libvirtd and restart it: they run one at a time, after the rest.
+const isE2e = (f) => /(^|\/)e2e\//.test(f)
+const all = named.length ? named : testFiles('test').sort()
+const phases = [[all.filter((f) => !isE2e(f)), 2], [all.filter(isE2e), 1]].filter(([fs]) => fs.length)
 
 let passed = 0
 let failed = 0
@@ -19,13 +22,6 @@ let skipped = 0
 let pending = ''
 const subtestDepth = new Set()
 const point = /^(\s*)(not ok|ok) \d+/
-
-tap.stdout.on('data', (chunk) => {
-  process.stdout.write(chunk)
-  const lines = (pending + chunk.toString()).split('\n')
-  pending = lines.pop() ?? ''
-  for (const line of lines) count(line)
-})
 
 function count(line) {
   const sub = /^(\s*)# Subtest/.exec(line)
@@ -46,9 +42,31 @@ function count(line) {
   else failed++
 }
 
-tap.on('close', (code) => {
-  if (pending) count(pending)
-  if (code !== 0 && failed === 0) failed = 1 // tap failed outside any test point (crash, timeout)
-  console.log(`\n${passed} passed, ${failed} failed, ${skipped} skipped`)
-  process.exit(code === 0 ? 0 : 1)
-})
+function runPhase([files, jobs]) {
+  return new Promise((res) => {
+    const tap = spawn(process.execPath, [`${root}/node_modules/tap/dist/esm/run.mjs`, '--reporter=tap', '--disable-coverage',
+      '--timeout=1200', `--jobs=${jobs}`, ...files], { cwd: root, stdio: ['ignore', 'pipe', 'inherit'] })
+    pending = ''
+    tap.stdout.on('data', (chunk) => {
+      process.stdout.write(chunk)
+      const lines = (pending + chunk.toString()).split('\n')
+      pending = lines.pop() ?? ''
+      for (const line of lines) count(line)
+    })
+    tap.on('close', (code) => {
+      if (pending) count(pending)
+      subtestDepth.clear()
+      res(code)
+    })
+  })
+}
+
+let worst = 0
+for (const phase of phases) {
+  const before = failed
+  const code = await runPhase(phase)
+  if (code !== 0 && failed === before) failed++ // tap failed outside any test point (crash, timeout)
+  if (code !== 0) worst = 1
+}
+console.log(`\n${passed} passed, ${failed} failed, ${skipped} skipped`)
+process.exit(worst)

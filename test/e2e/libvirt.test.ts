@@ -7,11 +7,10 @@ import t from 'tap'
 import { existsSync, readdirSync, readFileSync, readlinkSync } from 'node:fs'
 import { requireLibvirt } from '../helpers/libvirt.ts'
 import {
-  cmdline, gidOf, logSince, logSize, nsInode, probeRecorder, qemuKubeLines, qemuProcesses, QEMU_GROUP, QEMU_USER, setupE2e, status, uidOf,
-  until, virsh, type Vm,
+  cmdline, logSince, logSize, nsInode, probeRecorder, qemuKubeLines, qemuProcesses, QEMU_USER, setupE2e, status, uidOf,
+  until, virsh, type Pod, type Vm,
 } from '../helpers/e2e.ts'
 import { domainPid } from '../helpers/libvirt.ts'
-import type { Pod } from '../helpers/pod.ts'
 
 if (!requireLibvirt(t)) process.exit(0)
 
@@ -19,8 +18,8 @@ const e = await setupE2e(t, 'run')
 const recorder = probeRecorder(t, e.inst)
 e.inst.writeConfig({ ...e.config, probe_qemu_binary: recorder.binary })
 const UID = uidOf(QEMU_USER)
-const GID = gidOf(QEMU_GROUP)
-const POD_NS = ['mnt', 'net', 'ipc', 'uts', 'cgroup'] as const
+// The pod's namespaces QEMU joins; its mount namespace is its own, derived from the pod's.
+const POD_NS = ['net', 'ipc', 'uts', 'cgroup'] as const
 
 /** Every check that QEMU `pid` runs for `vm` inside pod `p` as libvirt started it. */
 async function checkInPod(t: Test, vm: Vm, p: Pod, pid: number) {
@@ -29,12 +28,15 @@ async function checkInPod(t: Test, vm: Vm, p: Pod, pid: number) {
   for (const ns of POD_NS) t.equal(nsInode(pid, ns), p.ns[ns], `${ns} namespace is the pod's`)
   for (const ns of POD_NS) t.not(nsInode(pid, ns), nsInode(process.pid, ns), `${ns} namespace is not the host's`)
   t.equal(nsInode(pid, 'user'), nsInode(process.pid, 'user'), 'user namespace untouched')
+  t.not(nsInode(pid, 'mnt'), p.ns.mnt, 'its mount namespace is its own: not the pod\'s')
+  t.not(nsInode(pid, 'mnt'), nsInode(process.pid, 'mnt'), 'and not the host\'s')
   t.equal(readFileSync(`/proc/${pid}/cgroup`, 'utf8'), readFileSync(`/proc/${p.pid}/cgroup`, 'utf8'), 'cgroups are the pod\'s, in every hierarchy')
   const procs = readFileSync(`${p.cgroups.v2 ?? Object.values(p.cgroups.v1)[0]}/cgroup.procs`, 'utf8').split('\n').filter(Boolean).map(Number)
   t.ok(procs.includes(pid), 'QEMU is listed in the pod\'s cgroup')
   const st = status(pid)
-  t.equal(st.Uid, `${UID}\t${UID}\t${UID}\t${UID}`, `runs as ${QEMU_USER} (real, effective, saved, fs)`)
-  t.equal(st.Gid, `${GID}\t${GID}\t${GID}\t${GID}`, `group ${QEMU_GROUP}`)
+  t.equal(st.Uid, `${vm.uid}\t${vm.uid}\t${vm.uid}\t${vm.uid}`, `runs as the VM's own uid ${vm.uid} (real, effective, saved, fs)`)
+  t.equal(st.Gid, `${vm.uid}\t${vm.uid}\t${vm.uid}\t${vm.uid}`, 'and its own gid')
+  t.equal(st.Groups, String(vm.uid), 'and no other group')
   for (const k of ['CapInh', 'CapPrm', 'CapEff', 'CapBnd', 'CapAmb']) t.equal(BigInt(`0x${st[k]}`), 0n, `${k} is empty`)
   t.equal(st.NoNewPrivs, '1', 'no_new_privs')
   const env = readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0')
@@ -68,7 +70,7 @@ t.test('capability probe through qemu-kube: virsh domcapabilities succeeds, the 
   }
 })
 
-t.test('a domain starts into its pod as the qemu user, the monitor works, virsh destroy leaves libvirt clean', async (t) => {
+t.test('a domain starts into its pod as its own uid, the monitor works, virsh destroy leaves libvirt clean', async (t) => {
   const vm = e.vm('one')
   const tok = await e.token(vm)
   const p = await e.pod(vm, tok)
@@ -93,7 +95,7 @@ t.test('a domain starts into its pod as the qemu user, the monitor works, virsh 
   t.equal(d.outcome, 'authorised')
   t.equal(d.target?.pid, p.pid, 'the decision names the pod\'s launcher')
   t.equal(d.vm?.uuid, vm.uuid)
-  t.equal(d.runAs?.uid, UID)
+  t.equal(d.runAs?.uid, vm.uid)
   t.equal(d.pid, pid, 'qemu-kube ran as the very pid libvirt tracks')
   for (const part of tok.split('.').slice(1)) t.notOk(JSON.stringify(lines).includes(part), 'no part of the token in qemu-kube\'s line')
 
@@ -120,10 +122,10 @@ t.test('eight domains started concurrently land each in its own pod', async (t) 
     const pid = pids[i]!
     for (const ns of POD_NS) t.equal(nsInode(pid, ns), pods[i]!.ns[ns], `${vm.name}: ${ns} namespace is its own pod's`)
     for (const [j, other] of pods.entries()) {
-      if (j !== i) t.not(nsInode(pid, 'mnt'), other.ns.mnt, `${vm.name} not in pod ${j}`)
+      if (j !== i) t.not(nsInode(pid, 'net'), other.ns.net, `${vm.name} not in pod ${j}`)
     }
     t.equal(readFileSync(`/proc/${pid}/cgroup`, 'utf8'), readFileSync(`/proc/${pods[i]!.pid}/cgroup`, 'utf8'), `${vm.name}: its pod's cgroups`)
-    t.equal(status(pid).Uid?.split('\t')[0], String(UID), `${vm.name}: as ${QEMU_USER}`)
+    t.equal(status(pid).Uid?.split('\t')[0], String(vm.uid), `${vm.name}: as its own uid ${vm.uid}`)
   }
   const monitors = await Promise.all(vms.map((vm) => monitorStatus(vm.name)))
   t.same(monitors, vms.map(() => 'running'), 'every monitor answers running')

@@ -1,12 +1,12 @@
-// Issue item 4, refusals, against a real libvirtd: every launch qemu-kube must not allow makes
+// Issue item 4 (and issue 7's identity refusals), against a real libvirtd and real podman pods: every launch qemu-kube must not allow makes
 // `virsh start` fail with our error code in its message, leaves no QEMU process in or out of the
 // pod, leaves libvirt's state clean, and puts the token in none of qemu-kube's output (libvirt
 // itself logs the <qemu:env> values, so only qemu-kube's JSON lines are checked).
 import t, { type Test } from 'tap'
 import { existsSync } from 'node:fs'
 import { domainPid, requireLibvirt } from '../helpers/libvirt.ts'
-import { logSince, logSize, qemuKubeLines, qemuProcesses, setupE2e, until, virsh, type Vm } from '../helpers/e2e.ts'
-import type { Pod } from '../helpers/pod.ts'
+import { logSince, logSize, qemuKubeLines, qemuProcesses, setupE2e, until, virsh, type Pod, type Vm } from '../helpers/e2e.ts'
+import { defineAndStart, destroyAndUndefine, domainXml } from '../helpers/libvirt.ts'
 import type { VirshResult } from '../helpers/libvirt.ts'
 
 if (!requireLibvirt(t)) process.exit(0)
@@ -102,4 +102,52 @@ t.test('replayed token: the first start runs, the second start with the same tok
   const offset = logSize(vm.name)
   const again = await virsh(['start', vm.name]) // the same definition, the same token
   await refused(t, vm, [p], again, 'ERR_TOKEN_REPLAYED', offset, tok)
+})
+
+t.test('VM B\'s token presented under VM A\'s uid: ERR_TOKEN_UID_MISMATCH', async (t) => {
+  const a = e.vm('uid-a')
+  const b = e.vm('uid-b')
+  const tokB = await e.token(b)
+  const podB = await e.pod(b, tokB)
+  // A domain that runs as VM A's uid (its seclabel) but names VM B and carries B's token.
+  const attacker = { ...b, name: a.name, uuid: a.uuid }
+  const offset = logSize(attacker.name)
+  t.teardown(() => destroyAndUndefine(attacker.name))
+  const r = await defineAndStart(domainXml({
+    name: attacker.name, uuid: attacker.uuid, emulator: e.inst.front, seclabelUid: a.uid,
+    env: { KUBEVIRT_VM_UUID: b.uuid, KUBEVIRT_VM_NAME: b.vmName, KUBEVIRT_SECRET: tokB },
+  }))
+  await refused(t, attacker, [podB], r, 'ERR_TOKEN_UID_MISMATCH', offset, tokB)
+  const line = qemuKubeLines(logSince(attacker.name, offset))[0]
+  t.equal(line?.reason, `expected "qemu_uid" = the caller's uid ${a.uid}, got ${b.uid}`, 'expected vs got')
+})
+
+t.test('a second live VM given the uid of a running one: ERR_UID_IN_USE', async (t) => {
+  const one = e.vm('lease-1')
+  const two = { ...e.vm('lease-2') }
+  two.uid = one.uid // the issuer's mistake: one uid for two live VMs
+  const tok1 = await e.token(one)
+  const tok2 = await e.token(two)
+  const p1 = await e.pod(one, tok1)
+  const p2 = await e.pod(two, tok2)
+  const first = await e.start(one, tok1)
+  t.equal(first.code, 0, `the first VM runs: ${first.stderr}`)
+  const offset = logSize(two.name)
+  await refused(t, two, [p2], await e.start(two, tok2), 'ERR_UID_IN_USE', offset, tok2)
+  t.ok(domainPid(one.name), 'the first VM still runs')
+  t.same(qemuProcesses(one, [p1]).length, 1)
+})
+
+t.test('an argv naming a libvirt file outside the domain\'s directories: ERR_CARRY_OUTSIDE', async (t) => {
+  const vm = e.vm('carry')
+  const tok = await e.token(vm)
+  const p = await e.pod(vm, tok)
+  const offset = logSize(vm.name)
+  t.teardown(() => destroyAndUndefine(vm.name))
+  const r = await defineAndStart(domainXml({
+    name: vm.name, uuid: vm.uuid, emulator: e.inst.front, seclabelUid: vm.uid,
+    qemuArgs: ['-fw_cfg', 'name=opt/qk,file=/var/lib/libvirt/qemu/nvram/other_VARS.fd'],
+    env: { KUBEVIRT_VM_UUID: vm.uuid, KUBEVIRT_VM_NAME: vm.vmName, KUBEVIRT_SECRET: tok },
+  }))
+  await refused(t, vm, [p], r, 'ERR_CARRY_OUTSIDE', offset, tok)
 })

@@ -1,12 +1,14 @@
 // End-to-end tests against a real libvirtd (test/e2e/): qemu-kube installed under a temp prefix
-// as the domains' <emulator>, pods running the real dist/virt-launcher, tokens signed per start.
+// as the domains' <emulator>, real podman pods running the launcher image (virt-launcher and
+// QEMU inside, test/helpers/podman.ts), one host uid per VM (its DAC seclabel and the token's
+// qemu_uid claim), tokens signed per start.
 // Importing this file does nothing by itself (tap also runs test/helpers/*.ts as files).
 //
 //   const e = await setupE2e(t)       libvirt up (shared with the other e2e file), qemu-kube
 //                                     installed, a key pair, a private replay state dir
-//   const vm = e.vm('tag')            a fresh VM identity: unique libvirt name, uuid
-//   const tok = await e.token(vm)     RS256, iat now, 60 s, unique jti
-//   const pod = await e.pod(vm, tok)  the launcher in its own pod, destroyed at teardown
+//   const vm = e.vm('tag')            a fresh VM identity: unique libvirt name, uuid, host uid
+//   const tok = await e.token(vm)     RS256, iat now, 60 s, unique jti, qemu_uid = vm.uid
+//   const pod = await e.pod(vm, tok)  a podman pod running the launcher, removed at teardown
 //   await e.start(vm, tok)            define + start (undefined at teardown); the VirshResult
 import { execFileSync } from 'node:child_process'
 import { createHash, randomUUID } from 'node:crypto'
@@ -17,10 +19,12 @@ import { installTemp, REPO, type Installed } from './install.ts'
 import {
   defineAndStart, destroyAndUndefine, domainXml, startLibvirt, stopLibvirt, virsh, type VirshResult,
 } from './libvirt.ts'
-import { cleanupStale, makePod, type Pod, type PodOptions } from './pod.ts'
+import { cleanupStale, makePodmanPod, type PodmanPod, type PodmanPodOptions } from './podman.ts'
+
+export type Pod = PodmanPod
 import { AUD, ISS, rsaKey, tempDir, writeKey, type KeyPair } from './tokens.ts'
 
-export const LAUNCHER = `${REPO}/dist/virt-launcher`
+export const LAUNCHER = `${REPO}/dist/virt-launcher.cjs`
 export const QEMU_USER = 'libvirt-qemu'
 export const QEMU_GROUP = 'kvm'
 export const LOG_DIR = '/var/log/libvirt/qemu'
@@ -32,6 +36,8 @@ export interface Vm {
   uuid: string
   /** KUBEVIRT_VM_NAME (the pod's -kubevirt.vm.name). */
   vmName: string
+  /** The VM's host identity: seclabel +uid:+uid, the token's qemu_uid, the launcher's -qemu-uid. */
+  uid: number
 }
 
 export interface E2e {
@@ -42,7 +48,7 @@ export interface E2e {
   config: Record<string, unknown>
   vm(tag: string): Vm
   token(vm: Vm, claims?: Record<string, unknown>, signer?: KeyPair): Promise<string>
-  pod(vm: Vm, token: string, opts?: Partial<PodOptions>): Promise<Pod>
+  pod(vm: Vm, token: string, opts?: Partial<PodmanPodOptions>): Promise<Pod>
   /** Domain XML through qemu-kube: the <qemu:env> triple (KUBEVIRT_SECRET only when tok given). */
   xml(vm: Vm, tok: string | undefined): string
   start(vm: Vm, tok: string | undefined): Promise<VirshResult>
@@ -50,6 +56,18 @@ export interface E2e {
 
 import { gidOf, uidOf } from './ids.ts'
 export { gidOf, uidOf }
+
+/**
+ * Host uids for the e2e VMs: what KubeVirt's virt-handler would allocate, one per live VM.
+ * Two e2e files run at once against one libvirtd, so each process takes its own block of 40.
+ */
+export const UID_FIRST = 20000
+export const UID_LAST = 29999
+let uidSeq = 0
+export function allocateUid(): number {
+  if (uidSeq >= 40) throw new Error('allocateUid: more than 40 VMs in one test process')
+  return UID_FIRST + (process.pid % 249) * 40 + uidSeq++
+}
 
 export async function setupE2e(t: Test, tag: string, extraConfig: Record<string, unknown> = {}): Promise<E2e> {
   if (!existsSync(LAUNCHER)) throw new Error(`no ${LAUNCHER}: run npm run build`)
@@ -62,7 +80,7 @@ export async function setupE2e(t: Test, tag: string, extraConfig: Record<string,
   const pub = writeKey(tempDir(t, 'qk-e2e-keys-'), 'signing.pem', key.pem)
   const inst = installTemp(t, QEMU_GROUP)
   t.teardown(() => forgetCapabilities(inst.front))
-  const config = { token_public_keys: [pub], state_dir: `${tempDir(t, 'qk-e2e-state-')}/state`, ...extraConfig }
+  const config = { token_public_keys: [pub], state_dir: `${tempDir(t, 'qk-e2e-state-')}/state`, vm_uid_range: [UID_FIRST, UID_LAST], ...extraConfig }
   inst.writeConfig(config)
   let seq = 0
   const e: E2e = {
@@ -70,24 +88,21 @@ export async function setupE2e(t: Test, tag: string, extraConfig: Record<string,
     key,
     foreign,
     config,
-    vm: (what) => ({ name: `qke2e-${tag}-${process.pid}-${what}`, uuid: randomUUID(), vmName: `vm-${what}` }),
+    vm: (what) => ({ name: `qke2e-${tag}-${process.pid}-${what}`, uuid: randomUUID(), vmName: `vm-${what}`, uid: allocateUid() }),
     async token(vm, claims = {}, signer = key) {
       const now = Math.floor(Date.now() / 1000)
-      return new SignJWT({ iss: ISS, aud: AUD, sub: vm.uuid, vm_name: vm.vmName, jti: `e2e-${tag}-${process.pid}-${seq++}-${randomUUID()}`, iat: now, exp: now + 60, ...claims })
+      return new SignJWT({ iss: ISS, aud: AUD, sub: vm.uuid, vm_name: vm.vmName, qemu_uid: vm.uid, jti: `e2e-${tag}-${process.pid}-${seq++}-${randomUUID()}`, iat: now, exp: now + 60, ...claims })
         .setProtectedHeader({ alg: 'RS256' }).sign(signer.privateKey)
     },
     async pod(vm, tok, opts = {}) {
-      const p = await makePod({
-        uuid: vm.uuid, name: vm.vmName, token: tok, launcherPath: LAUNCHER, launcherArgv0: 'virt-launcher',
-        extraArgs: ['-emulator', inst.front], cgroupName: `e2e-${tag}-${process.pid}-${seq++}`, ...opts,
-      })
+      const p = await makePodmanPod({ uuid: vm.uuid, name: vm.vmName, token: tok, qemuUid: vm.uid, extraArgs: ['-emulator', inst.front], ...opts })
       t.teardown(() => p.destroy())
       return p
     },
     xml(vm, tok) {
       const env: Record<string, string> = { KUBEVIRT_VM_UUID: vm.uuid, KUBEVIRT_VM_NAME: vm.vmName }
       if (tok !== undefined) env.KUBEVIRT_SECRET = tok
-      return domainXml({ name: vm.name, uuid: vm.uuid, emulator: inst.front, env })
+      return domainXml({ name: vm.name, uuid: vm.uuid, emulator: inst.front, env, seclabelUid: vm.uid })
     },
     async start(vm, tok) {
       if ((await virsh(['domstate', vm.name])).code === 0) throw new Error(`known state: domain ${vm.name} already exists`)

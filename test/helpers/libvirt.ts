@@ -234,6 +234,27 @@ function tryStart(conf: string): string | null {
 }
 
 /**
+ * Stops libvirtd (SIGTERM, as an upgrade or a crash-restart would) and starts it again with the
+ * same qemu.conf; resolves once `virsh version` answers. The domains' QEMUs keep running; libvirt
+ * reconnects to them from its status XML. Only for a libvirtd the helper started.
+ */
+export async function restartLibvirtd(): Promise<{ before: number; after: number }> {
+  const before = daemonPid('libvirtd')
+  if (before === null || !started('libvirtd')) throw new Error('restartLibvirtd: no libvirtd started by the tests')
+  locked(() => {
+    stopDaemon('libvirtd')
+    execFileSync('/usr/sbin/libvirtd', ['-d'], { env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', LC_ALL: 'C' }, stdio: ['ignore', 'ignore', 'pipe'] })
+    writeFileSync(`${STATE_DIR}/started-libvirtd`, '')
+  })
+  for (const end = Date.now() + 60_000; ;) {
+    if ((await virsh(['version'])).code === 0) break
+    if (Date.now() > end) throw new Error('restartLibvirtd: virsh version still fails')
+    await new Promise((res) => setTimeout(res, 100))
+  }
+  return { before, after: daemonPid('libvirtd') ?? 0 }
+}
+
+/**
  * Destroys the domains this process defined; the last user also stops the daemons the helper
  * started and restores qemu.conf. Safe to call twice, and without startLibvirt.
  */
