@@ -169,12 +169,30 @@ t.test('refusals', async (tt) => {
     refused(t2, enter({ podLink: sock }), 'ERR_ENTER_PODLINK', 71, /pod link \/run\/qk-dead.sock: connect: Connection refused/)
     refused(t2, enter({ podLink: '/run/qk-nobody.sock' }), 'ERR_ENTER_PODLINK', 71, /connect: No such file or directory/)
   })
-  tt.test('a listener that never acks', async (t2) => {
+  tt.test('a listener that never acks (meanwhile: both helper processes have given up root)', async (t2) => {
     const sock = '/run/qk-mute.sock'
     const l = listener(`${podRoot}${sock}`, 'mute')
     await l.ready
     const start = Date.now()
-    refused(t2, enter({ podLink: sock }), 'ERR_ENTER_PODLINK', 71, /no ack within 2 s/)
+    const c = spawn(ENTER, enterArgs({ podLink: sock }), { stdio: ['ignore', 'pipe', 'pipe'] })
+    let stdout = ''
+    let stderr = ''
+    c.stdout.on('data', (d: Buffer) => { stdout += d.toString() })
+    c.stderr.on('data', (d: Buffer) => { stderr += d.toString() })
+    const exited = new Promise<number | null>((r) => c.on('exit', (code) => r(code)))
+    await l.connected
+    const status = (pid: number) => readFileSync(`/proc/${pid}/status`, 'utf8')
+    const kids = readFileSync(`/proc/${c.pid}/task/${c.pid}/children`, 'utf8').trim().split(/\s+/).map(Number)
+    t2.equal(kids.length, 1, 'the parent has one child (the future QEMU)')
+    for (const [who, pid] of [['parent', c.pid!], ['child', kids[0]!]] as const) {
+      const st = status(pid)
+      t2.match(st, new RegExp(`\nUid:\\s+${UID}\\s+${UID}\\s+${UID}\\s+${UID}\n`), `${who}: uid ${UID} (real, effective, saved, fs)`)
+      t2.match(st, /\nCapEff:\s+0+\n/, `${who}: no effective capabilities`)
+      t2.match(st, /\nCapBnd:\s+0+\n/, `${who}: empty bounding set`)
+      t2.match(st, /\nNoNewPrivs:\s+1\n/, `${who}: no_new_privs`)
+    }
+    const code = await exited
+    refused(t2, { status: code, stdout, stderr }, 'ERR_ENTER_PODLINK', 71, /no ack within 2 s/)
     t2.ok(Date.now() - start >= 1900, 'waited about 2 s')
     l.kill()
   })
@@ -203,6 +221,7 @@ info = open("/proc/self/fdinfo/%d" % fds[0]).read() if fds else ""
 if mode == "ack":
     c.sendall(b"k")
 else:
+    print("connected", flush=True)
     sys.stdin.read()
 print(json.dumps({"msg": msg.decode(), "nfds": len(fds), "fdinfo": info}), flush=True)
 `
@@ -211,13 +230,16 @@ function listener(path: string, mode: 'ack' | 'mute') {
   const c = spawn('python3', ['-c', LISTENER, path, mode], { stdio: ['pipe', 'pipe', 'inherit'] })
   let out = ''
   let readyFn: () => void
+  let connectedFn: () => void
   const ready = new Promise<void>((r) => { readyFn = r })
+  const connected = new Promise<void>((r) => { connectedFn = r })
   c.stdout.on('data', (d: Buffer) => {
     out += d.toString()
     if (out.startsWith('ready\n')) readyFn()
+    if (out.startsWith('ready\nconnected\n')) connectedFn()
   })
   const done = new Promise<string>((r) => c.on('exit', () => r(out.slice('ready\n'.length).trim())))
-  return { ready, done, kill: () => { c.stdin.end(); c.kill() } }
+  return { ready, connected, done, kill: () => { c.stdin.end(); c.kill() } }
 }
 
 t.test('--pod-link: the launcher gets a pidfd of QEMU before QEMU starts', async (tt) => {
