@@ -9,6 +9,7 @@ import { randomUUID } from 'node:crypto'
 import { existsSync, lstatSync, readFileSync, readlinkSync, rmdirSync, statSync, writeFileSync } from 'node:fs'
 import { connect } from 'node:net'
 import { findTarget } from '../../src/emulator/target.ts'
+import { hierarchies } from '../helpers/pod.ts'
 import {
   cleanupStale, K8S_DATA_DIR, launcherImage, makePodmanPod, NS_NAMES, podman, podmanUnavailable, REPO, SECRET_PATH, type PodmanPod,
 } from '../helpers/podman.ts'
@@ -88,15 +89,19 @@ t.test('a pod runs the launcher where qemu-kube looks for it', async (t) => {
 })
 
 t.test('teardown: no containers, no cgroup directories, no secret directory', async (t) => {
-  const pod = await makePodmanPod({ ...vm(), token: 'x.y.z', cgroupParent: `/qemu-kube-test-kubepods/besteffort/pod${process.pid}` })
+  // The parent this test chooses is its own to remove (podman never removes a --cgroup-parent),
+  // also when the pod fails to start.
+  const parent = `/qemu-kube-test-kubepods/besteffort/pod${process.pid}`
+  t.teardown(() => {
+    for (const h of hierarchies()) for (const up of [0, 1, 2]) rmdirQuiet(`${h.mountPoint}${parent.split('/').slice(0, 4 - up).join('/')}`)
+  })
+  const pod = await makePodmanPod({ ...vm(), token: 'x.y.z', cgroupParent: parent })
   t.ok(pod.cgroups.v2?.startsWith(`/sys/fs/cgroup/unified/qemu-kube-test-kubepods/besteffort/pod${process.pid}/${pod.podId}/`), 'kubelet-like paths')
   await pod.destroy()
   t.equal((await podman(['ps', '-a', '-q', '--filter', `pod=${pod.podId}`])).stdout.trim(), '')
   t.not((await podman(['pod', 'exists', pod.podName])).code, 0)
   for (const d of [...pod.podCgroups, ...Object.values(pod.cgroups.v1), pod.cgroups.v2!]) t.notOk(existsSync(d), d)
   t.notOk(existsSync(pod.secretHostDir))
-  // The parent this test chose is ours to remove (podman never removes a --cgroup-parent).
-  for (const d of pod.podCgroups) for (const up of [1, 2, 3]) rmdirQuiet(d.split('/').slice(0, -up).join('/'))
 })
 
 // A host process moved into every one of the launcher container's cgroups, left in the host
