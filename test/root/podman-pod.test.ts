@@ -126,7 +126,7 @@ t.test('what the runtime does to a process in the pod\'s cgroups but not its pid
   ] as const) {
     t.test(`${what}: it survives; the container's cgroups stay; pod removal kills it`, async (t) => {
       const pod = await makePodmanPod({ ...vm(), token: 'x.y.z' })
-      t.teardown(() => pod.destroy())
+      t.teardown(() => pod.destroy({ leaveStrays: true }))
       const c = intruder(t, pod)
       await end(pod)
       for (let i = 0; i < 200 && existsSync(`/proc/${pod.pid}`); i++) await sleep(10)
@@ -135,7 +135,7 @@ t.test('what the runtime does to a process in the pod\'s cgroups but not its pid
       t.ok(running(c), 'the intruder still runs 1.5 s later')
       t.ok(existsSync(pod.cgroups.v2!), 'the container\'s cgroup is still there')
       const t0 = Date.now()
-      await pod.destroy()
+      await pod.destroy({ leaveStrays: true })
       t.equal(await exited(c), 'SIGTERM', 'killed by pod removal')
       t.comment(`pod removal with the intruder: ${Date.now() - t0} ms`)
     })
@@ -144,17 +144,29 @@ t.test('what the runtime does to a process in the pod\'s cgroups but not its pid
   for (const [ignoreTerm, sig, within] of [[false, 'SIGTERM', 6000], [true, 'SIGKILL', 15_000]] as const) {
     t.test(`podman pod rm -f -t 0, SIGTERM ${ignoreTerm ? 'ignored' : 'default'}: ${sig}, nothing left after remove()`, async (t) => {
       const pod = await makePodmanPod({ ...vm(), token: 'x.y.z' })
-      t.teardown(() => pod.destroy())
+      t.teardown(() => pod.destroy({ leaveStrays: true }))
       const c = intruder(t, pod, ignoreTerm)
       await sleep(100) // bash has exec'd sleep
       const t0 = Date.now()
-      await pod.remove()
+      await pod.remove({ leaveStrays: true })
       t.equal(await exited(c), sig)
       const ms = Date.now() - t0
       t.ok(ms < within, `${ms} ms (< ${within})`)
       for (const d of pod.podCgroups) t.notOk(existsSync(d), d)
     })
   }
+
+  t.test('the helper\'s remove() kills such a process itself and is fast', async (t) => {
+    const pod = await makePodmanPod({ ...vm(), token: 'x.y.z' })
+    t.teardown(() => pod.destroy())
+    const c = intruder(t, pod, true)
+    await sleep(100)
+    const t0 = Date.now()
+    await pod.destroy()
+    t.equal(await exited(c), 'SIGKILL')
+    const ms = Date.now() - t0
+    t.ok(ms < 2000, `${ms} ms (< 2000)`)
+  })
 })
 
 /** Sends QMP commands in order over a unix socket; returns one reply per command. */
