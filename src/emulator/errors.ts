@@ -39,6 +39,7 @@ const table = {
   ERR_SECRET_UNSAFE: [EX_NOPERM, 'the pod\'s token must be a root-owned file on a filesystem named in pod_secret_fs_types (a Secret volume is a tmpfs)'],
   ERR_SECRET_TOO_BIG: [EX_NOPERM, 'the pod\'s secret file is larger than 16 KiB'],
   ERR_SECRET_MISMATCH: [EX_NOPERM, 'the token in the pod differs from KUBEVIRT_SECRET; was the Secret rotated?'],
+  ERR_LAUNCHER_UID_MISMATCH: [EX_CONFIG, 'virt-launcher\'s -qemu-uid and its token\'s qemu_uid claim must both be the uid virt-handler allocated for this VM; recreate the pod'],
   ERR_CGROUP_JOIN: [EX_OSERR, 'the kernel refused to move qemu-kube into the pod\'s cgroup; check the path named'],
   ERR_OS: [EX_OSERR, 'a system call failed; the message names it'],
   ERR_INTERNAL: [EX_SOFTWARE, 'this is a bug in qemu-kube; please report it with this line'],

@@ -1,14 +1,20 @@
 // virt-launcher: the pod's long-lived process, the one qemu-kube on the node looks for.
-// In order: parse and check the flags; install the development token if asked; check the token
-// is present and sane at the secret path in this pod's mount namespace; hand out the domain XML
-// fragment (full to a 0600 file, redacted to stdout); signal readiness; then live as a
-// well-behaved PID 1 until SIGTERM/SIGINT. Only this file ends the process.
+// In order: parse and check the flags; bind libc through koffi (a broken koffi is a startup
+// error, never a crash after "ready"); install the development token if asked; check the token
+// is present and sane at the secret path in this pod's mount namespace, and that its qemu_uid
+// claim is -qemu-uid; hand out the domain XML fragment (full to a 0600 file, redacted to
+// stdout); open the QEMU link; signal readiness; then live as a well-behaved PID 1 until
+// SIGTERM/SIGINT, when it stops every linked QEMU and exits 0. Only this file ends the process.
 import { readFileSync, writeFileSync } from 'node:fs'
 import { asQkError, QkError } from '../emulator/errors.ts'
 import { parseArgs, USAGE } from './args.ts'
 import { domainFragment } from './domain-xml.ts'
+import { bindLibc } from './libc.ts'
 import { checkToken, installToken } from './pod-token.ts'
+import { startQemuLink, type QemuLink } from './qemu-link.ts'
 import { startReaper } from './reaper.ts'
+import { stopQemus } from './stop-qemus.ts'
+import { checkUidClaim } from './uid-claim.ts'
 
 function main(argv: readonly string[]): void {
   if (argv.includes('-h') || argv.includes('--help') || argv.includes('-help')) {
@@ -16,20 +22,37 @@ function main(argv: readonly string[]): void {
     process.exit(0)
   }
   const args = parseArgs(argv)
+  const libc = bindLibc()
   if (args.tokenFile !== undefined) installToken(args.tokenFile, args.secretPath)
   checkToken(args.secretPath)
   const token = readFileSync(args.secretPath, 'utf8').trim()
-  const fragment = { emulator: args.emulator, uuid: args.uuid, name: args.name, token }
+  checkUidClaim(token, args.qemuUid)
+  const fragment = { emulator: args.emulator, uuid: args.uuid, name: args.name, token, qemuUid: args.qemuUid }
   if (args.domainXmlOut !== undefined) writeFileSync(args.domainXmlOut, domainFragment(fragment), { mode: 0o600 })
   process.stdout.write(domainFragment(fragment, true))
+  const link: QemuLink | null = args.qemuLink === null ? null : startQemuLink(libc, args.qemuLink, log)
   if (args.readyFile !== undefined) writeFileSync(args.readyFile, `${process.pid}\n`)
-  log('info', `ready: VM ${args.uuid} (${args.name}), token at ${args.secretPath}`)
+  log('info', `ready: VM ${args.uuid} (${args.name}), token at ${args.secretPath}, QEMU uid ${args.qemuUid}, `
+    + `link ${args.qemuLink ?? 'off'}`)
 
-  startReaper()
+  startReaper(libc)
+  let stopping = false
   for (const sig of ['SIGTERM', 'SIGINT'] as const) {
     process.on(sig, () => {
-      log('info', `${sig}: exiting`)
-      process.exit(0)
+      if (stopping) return // one teardown; a repeated signal must not cut it short
+      stopping = true
+      const pidfds = link === null ? [] : [...link.pidfds]
+      log('info', `${sig}: stopping ${pidfds.length} linked QEMU(s), then exiting`)
+      void (async () => {
+        await link?.stop()
+        await stopQemus(libc, pidfds, args.qemuStopTimeout, log)
+        log('info', 'exiting')
+        process.exit(0)
+      })().catch((e: unknown) => {
+        const err = asQkError(e)
+        log('error', err.message, { code: err.code, hint: err.hint })
+        process.exit(err.exitCode)
+      })
     })
   }
   setInterval(() => {}, 1 << 30) // stay alive; the signal handlers end us
