@@ -19,6 +19,7 @@ const SCM_RIGHTS = 1
 const EFD_CLOEXEC = 0o2000000
 const EFD_NONBLOCK = 0o4000
 const SYS_pidfd_send_signal = 424
+const SO_PEERPIDFD = 77
 export const POLLIN = 0x1
 export const EAGAIN = 11
 export const ESRCH = 3
@@ -44,6 +45,8 @@ export interface Libc {
   recvWithFds(fd: number): Received | number
   /** One non-blocking send; the count, or -errno. */
   send(fd: number, data: Uint8Array): number
+  /** A pidfd of the process that connected the socket (Linux >= 6.5), or -errno. */
+  peerPidfd(fd: number): number
   close(fd: number): void
   eventfd(): number
   /** Makes an eventfd readable (wakes a poll on it). */
@@ -71,6 +74,7 @@ export function bindLibc(): Libc {
       accept4: libc.func('int accept4(int, void *, void *, int)'),
       recvmsg: libc.func('long recvmsg(int, void *, int)'),
       send: libc.func('long send(int, const void *, unsigned long, int)'),
+      getsockopt: libc.func('int getsockopt(int, int, int, _Out_ int *, _Inout_ unsigned int *)'),
       close: libc.func('int close(int)'),
       eventfd: libc.func('int eventfd(unsigned int, int)'),
       write: libc.func('long write(int, const void *, unsigned long)'),
@@ -153,6 +157,12 @@ export function bindLibc(): Libc {
       return { data: Buffer.from(out.subarray(DATA, DATA + n)), fds, truncated, foreign }
     },
     send: (fd, data) => neg(fn.send(fd, data, data.length, MSG_DONTWAIT | MSG_NOSIGNAL)),
+    peerPidfd(fd) {
+      const out = [0]
+      const len = [4]
+      const rc = neg(fn.getsockopt(fd, SOL_SOCKET, SO_PEERPIDFD, out, len))
+      return rc < 0 ? rc : out[0]!
+    },
     close: (fd) => void fn.close(fd),
     eventfd: () => neg(fn.eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)),
     signalEventfd(fd) {

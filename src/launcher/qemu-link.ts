@@ -50,7 +50,11 @@ export function startQemuLink(libc: Libc, path: string, log: Log): QemuLink {
     const msg = libc.recvWithFds(conn)
     if (msg === -EAGAIN) return
     pending.delete(conn)
-    const hello = typeof msg === 'number' ? { ok: false as const, reason: `recvmsg failed: errno ${-msg}` } : checkHello(msg, libc.close)
+    const peer = libc.peerPidfd(conn)
+    const hello = typeof msg === 'number'
+      ? { ok: false as const, reason: `recvmsg failed: errno ${-msg}` }
+      : checkHello(msg, libc.close, peer >= 0 ? peer : null)
+    if (peer >= 0) libc.close(peer)
     if (!hello.ok) {
       libc.close(conn)
       log('warn', `qemu link: refused: ${hello.reason}`)

@@ -1,6 +1,6 @@
 // The launcher as a real process: its QEMU link socket, the refusals, and the teardown that
 // SIGTERMs and then SIGKILLs linked "QEMUs" (a `sleep` that test/fixtures/qklink-client.py
-// forks and links by pidfd, as the node's enter helper links QEMU).
+// forks, which links itself by pidfd and execs, as the node's enter helper links QEMU).
 import { spawn, type ChildProcess } from 'node:child_process'
 import { closeSync, existsSync, openSync, statSync, writeFileSync } from 'node:fs'
 import { dirname } from 'node:path'
@@ -89,6 +89,7 @@ t.test('hellos that are not exactly "QKLINK1\\n" with one pidfd: no ack, closed,
     ['no-fd', 'qemu link: refused: expected 1 fd, got 0'],
     ['not-pidfd', 'qemu link: refused: expected a pidfd, got a file'],
     ['two-fds', 'qemu link: refused: expected 1 fd, got 2'],
+    ['other-pidfd', 'qemu link: refused: expected a pidfd of the connecting process, got another process\'s'],
     ['silent', 'qemu link: refused: no hello within 2000 ms'],
   ] as const
   for (const [mode, msg] of cases) {
