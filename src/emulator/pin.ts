@@ -10,6 +10,8 @@ import { readStat, type Target } from './target.ts'
 export interface PidfdOps {
   pidfdOpen(pid: number): number
   pidfdSignalZero(pidfd: number): number
+  /** For the pidfds of claimants that were not chosen. */
+  close(fd: number): number
 }
 
 export interface Pinned extends Target {
@@ -38,14 +40,31 @@ function changed(pid: number, why: string): QkError {
   return new QkError('ERR_TARGET_CHANGED', `target pid ${pid} changed during the check: ${why}`, { pid })
 }
 
-/** Reads /proc/PID/<file> of the pinned process; the bytes count only because recheck passes after. */
-export function readPinned(p: Pinned, file: string, ops: PidfdOps): string {
-  let text: string
+/**
+ * Runs one read of the pinned process's files, then rechecks the pin. A failed read is first
+ * put to the pin: if the process died or its pid was reused, that is what is reported
+ * (ERR_TARGET_CHANGED), not the read's own error (a pod that dies mid-read is no bug and no
+ * missing secret).
+ */
+export function whilePinned<T>(p: Pinned, ops: PidfdOps, read: () => T): T {
+  let value: T
   try {
-    text = readFileSync(`${p.procRoot}/${p.pid}/${file}`, 'utf8')
-  } catch {
-    throw changed(p.pid, `its ${file} cannot be read`)
+    value = read()
+  } catch (err) {
+    recheck(p, ops)
+    throw err
   }
   recheck(p, ops)
-  return text
+  return value
+}
+
+/** Reads /proc/PID/<file> of the pinned process; the bytes count only because recheck passes after. */
+export function readPinned(p: Pinned, file: string, ops: PidfdOps): string {
+  return whilePinned(p, ops, () => {
+    try {
+      return readFileSync(`${p.procRoot}/${p.pid}/${file}`, 'utf8')
+    } catch {
+      throw changed(p.pid, `its ${file} cannot be read`)
+    }
+  })
 }

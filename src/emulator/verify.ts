@@ -4,9 +4,10 @@
 //                 uid from vm_uid_range; and which libvirt directories the argv names (carry)
 //   2. token      pure crypto on what the caller sent, bound to the VM and to the caller's uid;
 //                 a forged token never makes root look into any pod's /proc or files
-//   3. target     the one launcher process for this VM, by scanning /proc
-//   4. pin        pidfd + start time: every later read is provably from that process
-//   5. secret     the same token inside the pod's mount namespace (re-pinned after the read)
+//   3. target     the launcher processes that claim this VM, by scanning /proc
+//   4. pin        pidfd first, then stat and cmdline, then the pidfd again: every read is
+//                 provably from that process (a failed read is put to the pin first)
+//   5. secret     the same token inside each claimant's mount namespace: exactly one must hold it
 //   6. cgroups    where the pod is accounted (re-pinned after the read)
 //   7. uid lease  one live VM per uid, under a per-uid lock held across step 8
 //   8. replay     record the jti last, so a refused launch never burns a valid token; then
@@ -20,7 +21,7 @@ import type { Config, Namespace } from './config.ts'
 import { QkError } from './errors.ts'
 import type { Invocation, Vm } from './invocation.ts'
 import { loadKeys } from './keys.ts'
-import { pin, readPinned, recheck, type PidfdOps, type Pinned } from './pin.ts'
+import { readPinned, whilePinned, type PidfdOps, type Pinned } from './pin.ts'
 import { checkNotReplayed, recordOnce } from './replay.ts'
 import { readPodSecret, secretMatches, type Openat2 } from './secret.ts'
 import { findTarget } from './target.ts'
@@ -79,16 +80,18 @@ export async function authorise(inv: Launch, ctx: VerifyContext, trail: Trail): 
   // again under O_EXCL; this early answer is only the cheap one.
   checkNotReplayed(cfg.state_dir, token.jti)
 
-  const found = findTarget({ procRoot: cfg.proc_root, launcherName: cfg.launcher_name, ...inv.vm })
-  trail.target = found
-  const target = pin(found, cfg.proc_root, ctx.ops)
-
-  const podCopy = readPodSecret(cfg.proc_root, target.pid, cfg.pod_secret_path, ctx.ops, { fsTypes: cfg.pod_secret_fs_types })
-  recheck(target, ctx.ops)
-  if (!secretMatches(podCopy, inv.token)) {
-    throw new QkError('ERR_SECRET_MISMATCH', `the token at ${cfg.pod_secret_path} in pid ${target.pid}'s root differs from KUBEVIRT_SECRET`,
-      { pid: target.pid })
+  // Steps 3 to 5 in one stage: each claimant is pinned before it is read, and counts only if
+  // its mount namespace holds this token, so a stranger calling itself virt-launcher cannot
+  // block the start (target.ts says in which order).
+  const holdsToken = (p: Pinned) => {
+    const podCopy = whilePinned(p, ctx.ops, () => readPodSecret(cfg.proc_root, p.pid, cfg.pod_secret_path, ctx.ops, { fsTypes: cfg.pod_secret_fs_types }))
+    if (!secretMatches(podCopy, inv.token)) {
+      throw new QkError('ERR_SECRET_MISMATCH', `the token at ${cfg.pod_secret_path} in pid ${p.pid}'s root differs from KUBEVIRT_SECRET`,
+        { pid: p.pid })
+    }
   }
+  const target = findTarget({ procRoot: cfg.proc_root, launcherName: cfg.launcher_name, ...inv.vm }, ctx.ops, holdsToken)
+  trail.target = { pid: target.pid, startTime: target.startTime }
 
   const cgroups = planJoins(readPinned(target, 'cgroup', ctx.ops), readFileSync(`${cfg.proc_root}/self/mountinfo`, 'utf8'), cfg.cgroup_root)
 

@@ -2,12 +2,13 @@
 // launch, and the trail each refusal leaves for the decision line.
 import t, { type Test } from 'tap'
 import { createHash } from 'node:crypto'
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, utimesSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs'
 import { purgeExpired } from '../../src/emulator/replay.ts'
 import { schema } from '../../src/emulator/config.ts'
 import { sys } from '../../src/emulator/sys.ts'
 import { authorise, type Trail } from '../../src/emulator/verify.ts'
-import { fakeOps, fakeProc, launcher } from '../helpers/fakeproc.ts'
+import { fakeOps, fakeProc, launcher, statLine } from '../helpers/fakeproc.ts'
+import { execFileSync, spawn } from 'node:child_process'
 import { NOW, NOW_S, VM, rsaKey, sign, tempDir, writeKey } from '../helpers/tokens.ts'
 
 const key = await rsaKey()
@@ -69,8 +70,8 @@ t.test('refusals stop the pipeline where they happen and leave a trail', async (
   {
     const { ctx, inv } = await setup(t, { podToken: 'x.y.z' })
     const trail: Trail = {}
-    await t.rejects(authorise(inv, ctx, trail), { code: 'ERR_SECRET_MISMATCH' })
-    t.equal(trail.target?.pid, 500)
+    await t.rejects(authorise(inv, ctx, trail), { code: 'ERR_SECRET_MISMATCH', details: { pid: 500 } })
+    t.equal(trail.target, undefined, 'a claimant that does not hold the token is never the target')
   }
   {
     const { ctx, inv } = await setup(t, { pods: 2 })
@@ -127,4 +128,61 @@ t.test('a used token never makes root scan /proc or open pod files', async (t) =
   await t.rejects(authorise(inv, { ...ctx, ops }, trail), { code: 'ERR_TOKEN_REPLAYED', message: 'token jti "jti-1" was already used to start a QEMU' })
   t.equal(trail.target, undefined, 'no /proc scan')
   t.equal(opened, 0, 'no pod file opened')
+})
+
+// Issue 8 item 3: the command line that matched must belong to the process that is pinned. The
+// launcher's pid is recycled right after its cmdline is read: its /proc/500/cmdline is a FIFO fed
+// by a helper that, before it ends the second read, swaps in the successor's stat (another start
+// time: a process the caller started, with its own command line). Pinning that successor would
+// hand it the VM's launch.
+t.test('a pid recycled between reading the cmdline and pinning: ERR_TARGET_CHANGED', async (t) => {
+  const { ctx, inv } = await setup(t)
+  const proc = ctx.config.proc_root
+  mkdirSync(ctx.config.state_dir, { mode: 0o700 })
+  const cmdline = `${['virt-launcher', '-kubevirt.vm.uuid', VM.uuid, '-kubevirt.vm.name', VM.name].join('\0')}\0`
+  writeFileSync(`${proc}/500/stat.next`, statLine({ pid: 500, argv: [], startTime: '9999' }))
+  rmSync(`${proc}/500/cmdline`)
+  execFileSync('mkfifo', [`${proc}/500/cmdline`])
+  const feeder = spawn(process.execPath, ['-e', `
+    const fs = require('node:fs')
+    const [fifo, stat, json] = process.argv.slice(1)
+    const data = JSON.parse(json)
+    // Reads 1 and 2 see the launcher; the successor's stat is swapped in before read 2 ends;
+    // any later read sees the successor's own command line.
+    let n = 0
+    const serve = () => {
+      const fd = fs.openSync(fifo, 'w')
+      n++
+      fs.writeSync(fd, n <= 2 ? data : '/bin/sh\\0')
+      if (n === 2) fs.renameSync(stat + '.next', stat)
+      fs.closeSync(fd)
+      setTimeout(serve, 300)
+    }
+    serve()`, `${proc}/500/cmdline`, `${proc}/500/stat`, JSON.stringify(cmdline)], { stdio: 'ignore' })
+  t.teardown(() => feeder.kill('SIGKILL'))
+  await t.rejects(authorise(inv, ctx, {}), { code: 'ERR_TARGET_CHANGED', message: `target pid 500 changed during the check: its command line no longer claims VM ${VM.uuid}` })
+})
+
+// Issue 8 item 4: any process (nobody, no token) named virt-launcher with the VM's flags made
+// every start ERR_TARGET_AMBIGUOUS. Only claimants whose mount namespace holds the token count.
+t.test('a claimant without the token cannot block the start; two that hold it are ambiguous', async (t) => {
+  const { ctx, inv } = await setup(t)
+  const proc = ctx.config.proc_root
+  const strangerRoot = mkdtempSync('/dev/shm/qk-stranger-')
+  t.teardown(() => rmSync(strangerRoot, { recursive: true, force: true }))
+  const claimant = (pid: number) => {
+    mkdirSync(`${proc}/${pid}`)
+    writeFileSync(`${proc}/${pid}/cmdline`, `${['virt-launcher', '-kubevirt.vm.uuid', VM.uuid, '-kubevirt.vm.name', VM.name].join('\0')}\0`)
+    writeFileSync(`${proc}/${pid}/stat`, statLine({ pid, argv: [] }))
+    writeFileSync(`${proc}/${pid}/cgroup`, '0::/stranger\n')
+    symlinkSync(strangerRoot, `${proc}/${pid}/root`)
+  }
+  claimant(777)
+  mkdirSync(`${strangerRoot}/var/run/kubevirt/qemu-kube`, { recursive: true })
+  claimant(778)
+  writeFileSync(`${strangerRoot}/var/run/kubevirt/qemu-kube/token`, 'some.other.token')
+  const trail: Trail = {}
+  mkdirSync(ctx.config.state_dir, { mode: 0o700 })
+  const a = await authorise(inv, { ...ctx, consume: false }, trail)
+  t.equal(a.target.pid, 500, 'the pod that holds the token is the target')
 })

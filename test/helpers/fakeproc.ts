@@ -51,19 +51,28 @@ export function fakeProc(t: Test, processes: FakeProcess[], extra: { mountinfo?:
 export const launcher = (pid: number, uuid: string, name: string, more: Partial<FakeProcess> = {}): FakeProcess =>
   ({ pid, argv: ['virt-launcher', '-kubevirt.vm.uuid', uuid, '-kubevirt.vm.name', name], ...more })
 
-/** Stand-ins for pidfd_open/pidfd_send_signal on fake pids. */
-export function fakeOps(opts: { dead?: Set<number> } = {}) {
+/**
+ * Stand-ins for pidfd_open/pidfd_send_signal/close on fake pids: `gone` pids have exited before
+ * pidfd_open (ESRCH), `dead` ones die right after it (the pidfd reports ESRCH).
+ */
+export function fakeOps(opts: { dead?: Set<number>; gone?: Set<number> } = {}) {
   const byFd = new Map<number, number>()
   let next = 100
   return {
+    closed: [] as number[],
     pidfdOpen(pid: number) {
-      if (opts.dead?.has(pid)) return -3
+      if (opts.gone?.has(pid)) return -3
       byFd.set(next, pid)
       return next++
     },
     pidfdSignalZero(fd: number) {
       const pid = byFd.get(fd)
       return pid === undefined || opts.dead?.has(pid) ? 3 : 0
+    },
+    close(fd: number) {
+      this.closed.push(fd)
+      byFd.delete(fd)
+      return 0
     },
   }
 }
