@@ -14,6 +14,7 @@ export interface PublicKey {
 }
 
 const KEY_CODES = { missing: 'ERR_KEY_INVALID', unsafe: 'ERR_KEY_INVALID' } as const
+const PEM_ONLY = /^\s*-----BEGIN (PUBLIC KEY|RSA PUBLIC KEY|CERTIFICATE)-----\r?\n[A-Za-z0-9+/=\r\n]+-----END \1-----\s*$/
 
 export function loadKeys(files: readonly string[], meta?: FileMeta): PublicKey[] {
   return files.flatMap((file) => parseKeyFile(file, readTrustedFile(file, KEY_CODES, meta).toString('utf8')))
@@ -42,6 +43,9 @@ export function parseKeyFile(file: string, text: string): PublicKey[] {
     })
   }
   if (!/-----BEGIN (PUBLIC KEY|RSA PUBLIC KEY|CERTIFICATE)-----/.test(text)) throw bad('is neither PEM nor JWK')
+  // createPublicKey takes the first PEM block anywhere in the text: a root-owned log file that
+  // quotes an attacker's key would pass. The file must be that one block and nothing else.
+  if (!PEM_ONLY.test(text)) throw bad('must hold exactly one PEM public key block and nothing else')
   try {
     return [{ kid: basename(file, extname(file)), key: createPublicKey(text), file }]
   } catch {

@@ -13,6 +13,9 @@
 import { closeSync, constants, futimesSync, linkSync, lstatSync, mkdirSync, openSync, readdirSync, unlinkSync, type Stats } from 'node:fs'
 import { createHash, randomBytes } from 'node:crypto'
 import { QkError, errnoOf } from './errors.ts'
+import { checkAncestors } from './trusted-file.ts'
+
+const STATE_CODES = { missing: 'ERR_STATE_DIR_UNSAFE', unsafe: 'ERR_STATE_DIR_UNSAFE' } as const
 
 export interface ReplayRecord {
   jti: string
@@ -92,9 +95,12 @@ function ensureStateDir(dir: string): void {
   } catch (err) {
     if (errnoOf(err) !== 'EEXIST') throw new QkError('ERR_OS', `cannot create state dir ${dir}: ${errnoOf(err) ?? 'error'}`, { dir })
   }
-  const st: Stats = lstatSync(dir)
   // Owned by whoever we run as: root in production (the front makes sure), the tester in tests.
   const owner = process.geteuid?.() ?? 0
+  // Whoever can write a directory above the state dir can swap it for one holding no records,
+  // and a symlink anywhere on the way leads elsewhere: the same walk as for the config.
+  checkAncestors(dir, STATE_CODES, (_, m) => (m.uid === owner ? { ...m, uid: 0 } : m))
+  const st: Stats = lstatSync(dir)
   if (!st.isDirectory() || st.uid !== owner || (st.mode & 0o077) !== 0) {
     throw new QkError('ERR_STATE_DIR_UNSAFE',
       `${dir} must be a directory owned by uid ${owner} with mode 0700, is uid ${st.uid} mode ${(st.mode & 0o7777).toString(8)}`, { dir })

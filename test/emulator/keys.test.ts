@@ -1,5 +1,6 @@
 import t from 'tap'
 import { generateKeyPairSync } from 'node:crypto'
+import { chmodSync, chownSync, mkdirSync, symlinkSync, unlinkSync } from 'node:fs'
 import { loadKeys, parseKeyFile } from '../../src/emulator/keys.ts'
 import { jwk, rsaKey, tempDir, writeKey } from '../helpers/tokens.ts'
 
@@ -29,4 +30,37 @@ t.test('private keys, garbage and unsafe files are refused: ERR_KEY_INVALID', as
   t.throws(() => loadKeys([file], (_, m) => ({ ...m, uid: 1000 })), { code: 'ERR_KEY_INVALID', message: /owned by root/ })
   t.throws(() => loadKeys([file], (_, m) => ({ ...m, uid: 0, mode: 0o100666 })), { code: 'ERR_KEY_INVALID', message: /writable/ })
   t.throws(() => loadKeys([`${dir}/missing.pem`]), { code: 'ERR_KEY_INVALID', message: /ENOENT/ })
+})
+
+// Issue 8 item 5: key files were checked only at their last component and parsed leniently.
+const asRoot = process.getuid?.() === 0 ? {} : { skip: 'needs root: the directories above a key must be root-owned' }
+
+t.test('a root-owned log file that contains the attacker\'s PEM is not a key file: ERR_KEY_INVALID', async (t) => {
+  const dir = tempDir(t)
+  const log = writeKey(dir, 'daemon.log', `Dec  1 12:00:00 host app[1]: user input follows\n${key.pem}Dec  1 12:00:01 host app[1]: done\n`)
+  const own = (_: string, m: { isFile: boolean; mode: number }) => ({ ...m, uid: 0 })
+  t.throws(() => loadKeys([log], own), { code: 'ERR_KEY_INVALID', message: `key file ${log}: must hold exactly one PEM public key block and nothing else` })
+  t.throws(() => parseKeyFile('k.pem', `${key.pem}${key.pem}`), { code: 'ERR_KEY_INVALID', message: 'key file k.pem: must hold exactly one PEM public key block and nothing else' })
+  t.equal(parseKeyFile('k.pem', `\n${key.pem}\n`).length, 1, 'surrounding blank lines are fine')
+})
+
+t.test('every directory above a key file is checked, and no component may be a symlink', asRoot, async (t) => {
+  const dir = tempDir(t)
+  chmodSync(dir, 0o755)
+  mkdirSync(`${dir}/keys`, { mode: 0o755 })
+  const file = writeKey(`${dir}/keys`, 'k.pem', key.pem)
+  t.equal(loadKeys([file]).length, 1)
+  chmodSync(`${dir}/keys`, 0o775)
+  t.throws(() => loadKeys([file]), { code: 'ERR_KEY_INVALID', message: `${file}: directory ${dir}/keys must not be writable by group or others, mode is 0775` })
+  chmodSync(`${dir}/keys`, 0o755)
+  const other = writeKey(dir, 'other.pem', key.pem)
+  unlinkSync(file)
+  symlinkSync(other, file)
+  t.throws(() => loadKeys([file]), { code: 'ERR_KEY_INVALID', message: `${file}: ${file} is a symlink; name the file itself` })
+  unlinkSync(file)
+  writeKey(`${dir}/keys`, 'k.pem', key.pem)
+  symlinkSync(`${dir}/keys`, `${dir}/link`)
+  t.throws(() => loadKeys([`${dir}/link/k.pem`]), { code: 'ERR_KEY_INVALID', message: `${dir}/link/k.pem: ${dir}/link is a symlink; name the file itself` })
+  chownSync(`${dir}/keys`, 65534, 65534)
+  t.throws(() => loadKeys([file]), { code: 'ERR_KEY_INVALID', message: `${file}: directory ${dir}/keys must be owned by root, is owned by uid 65534` })
 })

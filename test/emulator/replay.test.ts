@@ -1,6 +1,6 @@
 import t from 'tap'
 import { createHash } from 'node:crypto'
-import { chmodSync, lstatSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs'
+import { chmodSync, lstatSync, mkdirSync, readdirSync, symlinkSync, writeFileSync } from 'node:fs'
 import { checkNotReplayed, purgeExpired, recordOnce } from '../../src/emulator/replay.ts'
 import { NOW, NOW_S, tempDir } from '../helpers/tokens.ts'
 
@@ -69,5 +69,20 @@ t.test('the state dir must be ours and private: ERR_STATE_DIR_UNSAFE', async (t)
   t.throws(() => recordOnce(dir, { jti: 'a', exp: NOW_S + 50 }, clock, 5), {
     code: 'ERR_STATE_DIR_UNSAFE',
     message: `${dir} must be a directory owned by uid ${process.geteuid?.()} with mode 0700, is uid ${process.geteuid?.()} mode 755`,
+  })
+})
+
+// Issue 8 item 5: the state dir was checked only at its last component.
+t.test('every directory above the state dir is checked, and none may be a symlink: ERR_STATE_DIR_UNSAFE', async (t) => {
+  const base = tempDir(t)
+  mkdirSync(`${base}/open`, { mode: 0o777 })
+  chmodSync(`${base}/open`, 0o777)
+  t.throws(() => recordOnce(`${base}/open/state`, { jti: 'a', exp: NOW_S + 50 }, clock, 5), {
+    code: 'ERR_STATE_DIR_UNSAFE', message: `${base}/open/state: directory ${base}/open must not be writable by group or others, mode is 0777`,
+  })
+  mkdirSync(`${base}/real`, { mode: 0o700 })
+  symlinkSync(`${base}/real`, `${base}/link`)
+  t.throws(() => recordOnce(`${base}/link/state`, { jti: 'a', exp: NOW_S + 50 }, clock, 5), {
+    code: 'ERR_STATE_DIR_UNSAFE', message: `${base}/link/state: ${base}/link is a symlink; name the file itself`,
   })
 })
