@@ -20,6 +20,7 @@ import { planJoins, type CgroupJoin } from './cgroup.ts'
 import type { Config, Namespace } from './config.ts'
 import { QkError } from './errors.ts'
 import type { Invocation, Vm } from './invocation.ts'
+import { checkHostQemu } from './elf.ts'
 import { loadKeys } from './keys.ts'
 import { readPinned, whilePinned, type PidfdOps, type Pinned } from './pin.ts'
 import { checkNotReplayed, recordOnce } from './replay.ts'
@@ -71,6 +72,8 @@ export async function authorise(inv: Launch, ctx: VerifyContext, trail: Trail): 
 
   checkCaller(ctx.caller, cfg)
   const runAs = qemuCredentials(ctx.caller, cfg)
+  // A host QEMU must be static, or the pod's own loader would run as QEMU (elf.ts says why).
+  if (cfg.qemu_binary_from === 'host') checkHostQemu(cfg.qemu_binary)
   const carry = carryPlan(inv.argv, cfg.libvirt_domain_roots)
 
   const token = await verifyToken(inv.token, { ...inv.vm, uid: ctx.caller.uid }, policyOf(cfg, ctx.keyMeta), ctx.now())

@@ -186,3 +186,18 @@ t.test('a claimant without the token cannot block the start; two that hold it ar
   const a = await authorise(inv, { ...ctx, consume: false }, trail)
   t.equal(a.target.pid, 500, 'the pod that holds the token is the target')
 })
+
+// Issue 8 item 6: with qemu_binary_from = "host" the binary is opened on the host, but the
+// kernel resolves its PT_INTERP after setns, in the pod's root: the pod's dynamic loader and
+// libraries would run as QEMU. Only a static binary keeps "host" meaning host.
+t.test('qemu_binary_from = "host" refuses a dynamically linked QEMU: ERR_CONFIG_INVALID', async (t) => {
+  const { ctx, inv } = await setup(t)
+  mkdirSync(ctx.config.state_dir, { mode: 0o700 })
+  const host = (qemu_binary: string) => ({ ...ctx, consume: false, config: { ...ctx.config, qemu_binary, qemu_binary_from: 'host' as const } })
+  await t.rejects(authorise(inv, host('/usr/bin/qemu-system-x86_64'), {}), {
+    code: 'ERR_CONFIG_INVALID',
+    message: 'qemu_binary /usr/bin/qemu-system-x86_64 is dynamically linked (PT_INTERP /lib64/ld-linux-x86-64.so.2): with qemu_binary_from = "host" the kernel would load that loader and its libraries from the pod\'s root; use a static QEMU or qemu_binary_from = "pod"',
+  })
+  const fixture = `${import.meta.dirname}/../../dist/native/fixtures/reporter`
+  t.equal((await authorise(inv, host(fixture), {})).qemu.from, 'host', 'a static binary is fine')
+})
