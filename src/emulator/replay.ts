@@ -89,7 +89,7 @@ export function purgeExpired(stateDir: string, now: Date, tolerance: number): vo
   }
 }
 
-function ensureStateDir(dir: string): void {
+export function ensureStateDir(dir: string): void {
   try {
     mkdirSync(dir, { mode: 0o700 })
   } catch (err) {

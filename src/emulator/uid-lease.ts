@@ -14,9 +14,10 @@
 // Check and write happen under an exclusive flock on STATE_DIR/uids/UID.lock, one lock per uid:
 // a caller may stop its own setuid chain (SIGSTOP) while it holds the lock, and then blocks only
 // launches for its own uid. The lock is taken non-blocking and retried for a bounded time.
-import { closeSync, constants, lstatSync, mkdirSync, openSync, readFileSync, renameSync, writeFileSync } from 'node:fs'
+import { closeSync, constants, openSync, readFileSync, renameSync, writeFileSync } from 'node:fs'
 import { QkError, errnoOf } from './errors.ts'
 import { loadKoffi } from './koffi-load.ts'
+import { ensureStateDir } from './replay.ts'
 
 export interface Lease {
   vm: string
@@ -42,7 +43,8 @@ const LOCK_WAIT_MS = 2000
 
 export function acquireUidLease(stateDir: string, uid: number, vm: string, self: Lease, ops: LeaseOps): HeldLease {
   const dir = `${stateDir}/uids`
-  ensureDir(dir)
+  ensureStateDir(stateDir)
+  ensureStateDir(dir)
   const lockFd = openSync(`${dir}/${uid}.lock`, constants.O_RDWR | constants.O_CREAT | constants.O_NOFOLLOW, 0o600)
   try {
     for (let waited = 0; !ops.tryLock(lockFd); waited += 20) {
@@ -97,19 +99,6 @@ function readLease(path: string): Lease | null {
   }
   // Only root writes here (tmp + rename); a torn file means a bug or tampering by root.
   throw new QkError('ERR_INTERNAL', `the uid lease ${path} is not a lease record`, { path })
-}
-
-/** The state dir is root's (replay.ts checks it); uids/ below it must be too. */
-function ensureDir(dir: string): void {
-  try {
-    mkdirSync(dir, { mode: 0o700 })
-  } catch (err) {
-    if (errnoOf(err) !== 'EEXIST') throw new QkError('ERR_STATE_DIR_UNSAFE', `cannot create ${dir}: ${errnoOf(err) ?? 'error'}`, { path: dir })
-  }
-  const st = lstatSync(dir)
-  if (!st.isDirectory() || st.uid !== 0 || (st.mode & 0o077) !== 0) {
-    throw new QkError('ERR_STATE_DIR_UNSAFE', `${dir} must be a root-owned directory with mode 0700`, { path: dir })
-  }
 }
 
 /** The real kernel calls; tests pass their own. */

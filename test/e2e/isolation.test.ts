@@ -13,6 +13,7 @@ import { existsSync, readdirSync, readFileSync } from 'node:fs'
 import { REPO } from '../helpers/install.ts'
 import { defineAndStart, domainPid, requireLibvirt, restartLibvirtd, virsh } from '../helpers/libvirt.ts'
 import { nsInode, qemuProcesses, setupE2e, until, type Pod, type Vm } from '../helpers/e2e.ts'
+import { rotateToken } from '../helpers/podman.ts'
 
 if (!requireLibvirt(t)) process.exit(0)
 
@@ -38,7 +39,11 @@ async function monitorStatus(name: string): Promise<string | undefined> {
 }
 
 const alive = (pid: number) => existsSync(`/proc/${pid}`) && !/^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8'))
-const domainDir = (name: string) => readdirSync('/var/lib/libvirt/qemu').find((d) => /^domain-\d+-/.test(d) && d.endsWith(`-${name}`.slice(0, 21)))
+/** libvirt's per-domain directory: domain-<id>-<first 20 characters of the name>. */
+async function domainDir(name: string): Promise<string | undefined> {
+  const id = (await virsh(['domid', name])).stdout.trim()
+  return readdirSync('/var/lib/libvirt/qemu').find((d) => d.startsWith(`domain-${id}-`))
+}
 
 async function running(t: Test, tag: string): Promise<{ vm: Vm; pod: Pod; pid: number; tok: string }> {
   const vm = e.vm(tag)
@@ -75,8 +80,9 @@ t.test('QEMU in a real pod: /proc/self, only its own processes, a minimal /dev, 
     t.not(nsInode(q.pid, 'mnt'), q.pod.ns.mnt, `${q.vm.name}: its mount namespace is not its pod's`)
     t.not(nsInode(q.pid, 'mnt'), nsInode(process.pid, 'mnt'), `${q.vm.name}: nor the host's`)
   }
-  const dirA = domainDir(a.vm.name)
-  const dirB = domainDir(b.vm.name)
+  const dirA = await domainDir(a.vm.name)
+  const dirB = await domainDir(b.vm.name)
+  t.not(dirA, dirB)
   t.ok(dirA && dirB, `libvirt made the domain directories (${dirA}, ${dirB})`)
   const keyA = `/var/lib/libvirt/qemu/${dirA}/master-key.aes`
   const keyB = `/var/lib/libvirt/qemu/${dirB}/master-key.aes`
@@ -104,6 +110,7 @@ t.test('the monitor, domstats, destroy, and a start again with a fresh token', a
   t.equal((await virsh(['destroy', a.vm.name])).code, 0, 'destroy')
   await until('QEMU gone', () => !alive(a.pid))
   const tok = await e.token(a.vm)
+  rotateToken(a.pod, tok) // the kubelet updates the Secret volume: a fresh token per start
   const again = await defineAndStart(e.xml(a.vm, tok))
   t.equal(again.code, 0, `defined again with the new token, started: ${again.stderr}`)
   t.equal(await monitorStatus(a.vm.name), 'running', 'running again')

@@ -69,7 +69,7 @@ t.test('token for another VM: ERR_TOKEN_VM_MISMATCH', async (t) => {
   const vm = e.vm('mismatch')
   const other = e.vm('other')
   const tok = await e.token(other)
-  const p = await e.pod(vm, tok) // our VM's pod, holding the other VM's (valid) token
+  const p = await e.pod(vm, tok, { qemuUid: other.uid }) // our VM's pod, holding the other VM's (valid) token
   const offset = logSize(vm.name)
   await refused(t, vm, [p], await e.start(vm, tok), 'ERR_TOKEN_VM_MISMATCH', offset, tok)
 })
@@ -119,7 +119,7 @@ t.test('VM B\'s token presented under VM A\'s uid: ERR_TOKEN_UID_MISMATCH', asyn
   }))
   await refused(t, attacker, [podB], r, 'ERR_TOKEN_UID_MISMATCH', offset, tokB)
   const line = qemuKubeLines(logSince(attacker.name, offset))[0]
-  t.equal(line?.reason, `expected "qemu_uid" = the caller's uid ${a.uid}, got ${b.uid}`, 'expected vs got')
+  t.equal(line?.reason, `expected "qemu_uid" = the caller's uid ${a.uid}, got "${b.uid}"`, 'expected vs got')
 })
 
 t.test('a second live VM given the uid of a running one: ERR_UID_IN_USE', async (t) => {

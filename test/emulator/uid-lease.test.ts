@@ -61,10 +61,13 @@ t.test('a lock held past the bound is refused, and nothing is written', async (t
   t.notOk(existsSync(`${w.state}/uids/20001`))
 })
 
-t.test('a state dir whose uids/ is not root 0700 is refused', { skip: process.getuid?.() === 0 ? false : 'needs root (root-owned dir)' }, async (t) => {
+t.test('a state dir whose uids/ is not ours and 0700 is refused; a missing state dir is made', async (t) => {
   const w = world(t)
   mkdirSync(`${w.state}/uids`, { mode: 0o755 })
   t.same(refusal(() => acquireUidLease(w.state, 20001, 'vm-a', me, w.ops)), {
-    code: 'ERR_STATE_DIR_UNSAFE', message: `${w.state}/uids must be a root-owned directory with mode 0700`,
+    code: 'ERR_STATE_DIR_UNSAFE', message: `${w.state}/uids must be a directory owned by uid ${process.geteuid?.()} with mode 0700, is uid ${process.geteuid?.()} mode 755`,
   })
+  const fresh = `${tempDir(t)}/state`
+  acquireUidLease(fresh, 20001, 'vm-a', me, w.ops).release()
+  t.ok(existsSync(`${fresh}/uids`), 'state dir and uids/ made on first use')
 })

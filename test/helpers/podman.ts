@@ -187,6 +187,7 @@ export async function makePodmanPod(opts: PodmanPodOptions): Promise<PodmanPod> 
   const img = opts.image ?? (await launcherImage()).image
   const owner = ownerTag()
   const podName = `qkt-${process.pid}-${seq++}-${opts.name}`.slice(0, 63)
+  secretsTmpfs()
   const secretHostDir = mkdtempSync(`${STORE.secrets}/${process.pid}-`)
   chmodSync(secretHostDir, 0o700)
   layOutSecret(secretHostDir, secretPath.slice(cut + 1), layout, opts)
@@ -337,6 +338,20 @@ function layOutSecret(dir: string, file: string, layout: SecretLayout, opts: Pod
   }
 }
 
+/**
+ * A fresh token in a running pod's Secret volume (k8s layout), swapped in as the kubelet does:
+ * a new timestamped directory, then `..data` renamed over atomically. The pod sees it at once.
+ */
+export function rotateToken(pod: PodmanPod, token: string, file = 'token'): void {
+  const stamp = `..${new Date().toISOString().replace(/[-:]/g, '_').replace('T', '_').replace(/\..*$/, '')}.${process.hrtime.bigint()}`
+  mkdirSync(`${pod.secretHostDir}/${stamp}`, { mode: 0o755 })
+  writeFileSync(`${pod.secretHostDir}/${stamp}/${file}`, token, { mode: 0o644 })
+  const old = readlinkSync(`${pod.secretHostDir}/..data`)
+  symlinkSync(stamp, `${pod.secretHostDir}/..data_tmp`)
+  renameSync(`${pod.secretHostDir}/..data_tmp`, `${pod.secretHostDir}/..data`)
+  rmSync(`${pod.secretHostDir}/${old}`, { recursive: true, force: true })
+}
+
 /** The cgroup directories of a process, from the host's view of /proc/PID/cgroup. */
 export function cgroupsOf(pid: number): { v1: Record<string, string>; v2: string | null } {
   const mounts = new Map(hierarchies().map((h) => [h.key, h.mountPoint]))
@@ -406,6 +421,18 @@ export async function cleanupStale(): Promise<string[]> {
     if (!alive(pid)) rmSync(`${STORE.secrets}/${d}`, { recursive: true, force: true })
   }
   return removed
+}
+
+/**
+ * The kubelet puts Secret volumes on a tmpfs, and qemu-kube checks that (pod_secret_fs_types):
+ * the pods' secret directories live on one tmpfs, mounted once per boot (under a lock: two test
+ * processes must not stack two mounts, the second would hide the first's directories).
+ */
+function secretsTmpfs(): void {
+  mkdirSync(STORE.secrets, { recursive: true, mode: 0o700 })
+  execFileSync('flock', [`${STORE.secrets}.lock`, 'sh', '-c',
+    'mountpoint -q "$1" || mount -t tmpfs -o mode=0700,size=16m,nosuid,nodev,noexec qemu-kube-test-secrets "$1"', 'sh', STORE.secrets],
+  { stdio: 'ignore', timeout: 30_000 })
 }
 
 function running(pid: number): boolean {
