@@ -9,10 +9,10 @@ import { sys } from '../../src/emulator/sys.ts'
 import { authorise, type Trail } from '../../src/emulator/verify.ts'
 import { fakeOps, fakeProc, launcher, statLine } from '../helpers/fakeproc.ts'
 import { execFileSync, spawn } from 'node:child_process'
-import { NOW, NOW_S, VM, rsaKey, sign, tempDir, writeKey } from '../helpers/tokens.ts'
+import { NOW, NOW_S, VM, VM_UID, rsaKey, sign, tempDir, writeKey } from '../helpers/tokens.ts'
 
 const key = await rsaKey()
-const CALLER = { uid: 64055, gid: 994, groups: [] }
+const CALLER = { uid: VM_UID, gid: VM_UID, groups: [VM_UID] }
 const SECRET = '/var/run/kubevirt/qemu-kube/token'
 
 async function setup(t: Test, opts: { podToken?: string; pods?: number; dead?: boolean } = {}) {
@@ -24,7 +24,8 @@ async function setup(t: Test, opts: { podToken?: string; pods?: number; dead?: b
   mkdirSync(`${podRoot}/var/run/kubevirt/qemu-kube`, { recursive: true })
   writeFileSync(`${podRoot}${SECRET}`, `${opts.podToken ?? token}\n`)
   const pods = Array.from({ length: opts.pods ?? 1 }, (_, i) => launcher(500 + i, VM.uuid, VM.name, { root: podRoot }))
-  const procRoot = fakeProc(t, [{ pid: 1, argv: ['/sbin/init'] }, ...pods])
+  // This process is in the fake /proc too: its uid lease names it (it becomes QEMU).
+  const procRoot = fakeProc(t, [{ pid: 1, argv: ['/sbin/init'] }, { pid: process.pid, argv: ['node'] }, ...pods])
   writeFileSync(`${dir}/passwd`, 'libvirt-qemu:x:64055:994::/:/bin/false\n')
   writeFileSync(`${dir}/group`, 'kvm:x:994:\n')
   const config = schema.parse({
@@ -38,7 +39,6 @@ async function setup(t: Test, opts: { podToken?: string; pods?: number; dead?: b
     now: () => NOW,
     ops: { ...fakeOps(opts.dead ? { dead: new Set([500]) } : {}), openat2: sys().openat2 },
     consume: true,
-    idFiles: { passwd: `${dir}/passwd`, group: `${dir}/group` },
     keyMeta: (_: string, m: { isFile: boolean; mode: number }) => ({ ...m, uid: 0 }),
   }
   const inv = { kind: 'launch' as const, vm: VM, token, argv: ['-name', 'guest=testvm'] }
