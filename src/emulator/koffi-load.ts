@@ -8,18 +8,26 @@
 // native/Makefile: node_modules/@koromix/koffi-linux-ARCH/linux_ARCH/koffi.node beside the
 // bundle); koffi's JS files are not checked by the front. koffi's JS wrapper only adds
 // deprecated aliases, which sys.ts does not use.
-// Anywhere else (a dev clone's dist/, a musl libc) the glibc build is absent or fails to load,
-// and koffi's own loader runs as before.
+// The installed bundle (PREFIX/lib/qemu-kube, the one the setuid front execs as root) loads
+// that file or nothing: koffi's own loader would run JavaScript the front never checked, and
+// resolve node_modules/koffi in every directory up to / (/var/tmp/node_modules is anyone's).
+// Anywhere else (a dev clone's dist/ or src/, run as the developer) koffi's own loader runs.
 import { createRequire } from 'node:module'
+import { QkError } from './errors.ts'
+import { PREFIX } from './paths.ts'
 
-export function loadKoffi(): typeof import('koffi') {
+/** `here`: the directory of the running bundle; a parameter only so tests can name the installed one. */
+export function loadKoffi(here: string = import.meta.dirname): typeof import('koffi') {
   const arch = process.arch
-  const checked = `${import.meta.dirname}/node_modules/@koromix/koffi-linux-${arch}/linux_${arch}/koffi.node`
+  const checked = `${here}/node_modules/@koromix/koffi-linux-${arch}/linux_${arch}/koffi.node`
   try {
     const native = { exports: {} as typeof import('koffi') }
     process.dlopen(native, checked)
     return native.exports
   } catch {
+    if (here === `${PREFIX}/lib/qemu-kube`) {
+      throw new QkError('ERR_OS', `cannot load ${checked} (the koffi the front checked); the installed bundle loads no other copy`, { path: checked })
+    }
     return createRequire(import.meta.url)('koffi') as typeof import('koffi')
   }
 }
