@@ -8,7 +8,9 @@ import { FS_MAGIC, type FsType } from './secret.ts'
 import { readTrustedFile, type FileMeta } from './trusted-file.ts'
 
 const absPath = z.string().check(z.regex(/^\/[^\0]*$/, 'must be an absolute path'))
-const seconds = (min: number, max: number) => z.int().check(z.minimum(min), z.maximum(max))
+const seconds = (min: number, max: number) => z.int({ error: 'must be a whole number of seconds' }).check(z.minimum(min, `must be at least ${min}`), z.maximum(max, `must be at most ${max}`))
+// zod's own messages say only "Invalid input"; each choice names what it accepts.
+const oneOf = <const T extends readonly [string, ...string[]]>(values: T) => z.enum(values, { error: `must be one of ${values.join(', ')}` })
 // A host uid/gid for QEMU: never 0 (root, or root's group, in a pod owns the pod), never -1.
 const id = z.int().check(z.minimum(1, 'must not be 0 (root)'), z.maximum(4294967294))
 export const DEVICES = ['kvm', 'tun', 'vhost-net'] as const
@@ -30,7 +32,7 @@ export const schema = z.strictObject({
   cgroup_root: z._default(absPath, '/sys/fs/cgroup'),
   launcher_name: z._default(z.string().check(z.regex(/^[^/\0]{1,255}$/, 'must be a file name without "/"')), 'virt-launcher'),
   pod_secret_path: z._default(absPath, '/var/run/kubevirt/qemu-kube/token'),
-  pod_secret_fs_types: z._default(z.array(z.enum(Object.keys(FS_MAGIC) as [FsType, ...FsType[]])).check(z.minLength(1), unique('filesystem types')), ['tmpfs']),
+  pod_secret_fs_types: z._default(z.array(oneOf(Object.keys(FS_MAGIC) as [FsType, ...FsType[]])).check(z.minLength(1, 'must name at least one filesystem type'), unique('filesystem types')), ['tmpfs']),
   token_issuer: z._default(z.string().check(z.minLength(1)), 'kubevirt.io/virt-handler'),
   token_audience: z._default(z.string().check(z.minLength(1)), 'qemu-kube'),
   token_algorithms: z._default(z.array(algorithm).check(z.minLength(1), unique('algorithms')), ['RS256', 'PS256']),
@@ -39,7 +41,7 @@ export const schema = z.strictObject({
   token_clock_tolerance: z._default(seconds(0, 300), 5),
   namespaces: z._default(z.array(namespace).check(unique('namespaces')), ['mnt', 'net', 'ipc', 'uts', 'cgroup']),
   qemu_binary: z._default(absPath, '/usr/bin/qemu-system-x86_64'),
-  qemu_binary_from: z._default(z.enum(['pod', 'host']), 'pod'),
+  qemu_binary_from: z._default(oneOf(['pod', 'host']), 'pod'),
   probe_qemu_binary: z._default(absPath, '/usr/bin/qemu-system-x86_64'),
   // One host identity per VM: libvirt runs each domain's emulator as the uid:gid of its
   // <seclabel model='dac'> (uid = gid), the token binds that uid, QEMU keeps it.
@@ -50,7 +52,7 @@ export const schema = z.strictObject({
   libvirt_domain_roots: z._default(z.array(absPath).check(z.minLength(1), unique('libvirt_domain_roots')), ['/var/lib/libvirt/qemu', '/run/libvirt/qemu']),
   pod_link_socket: z._default(z.union([absPath, z.literal('')]), '/var/run/kubevirt-private/qemu-kube/launcher.sock'),
   state_dir: z._default(absPath, '/run/qemu-kube'),
-  log_level: z._default(z.enum(['debug', 'info', 'warn', 'error']), 'info'),
+  log_level: z._default(oneOf(['debug', 'info', 'warn', 'error']), 'info'),
 })
 
 export type Config = z.infer<typeof schema>
