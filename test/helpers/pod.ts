@@ -1,4 +1,13 @@
-// Real pods for root tests and the demo: a launcher process (`virt-launcher -kubevirt.vm.uuid U
+// Simulated pods made with `unshare`, kept only where a test needs what a container runtime
+// (test/helpers/podman.ts, the real pods every other test uses) cannot give through the helper:
+//   - test/root/pod.test.ts: tests of this helper itself;
+//   - test/root/chain.test.ts, one case: a hostile "pod" whose process is not our launcher (the
+//     launcher image refuses to start without a token) and whose secret is an absolute symlink;
+//   - test/root/enter-mountns.test.ts: the enter helper driven by hand against a pod with its
+//     own root and pid namespace, with fixtures at host paths inside it.
+// Such a pod shares the host's pid namespace users and, without ownRoot, the host's root.
+//
+// Simulated pods for root tests: a launcher process (`virt-launcher -kubevirt.vm.uuid U
 // -kubevirt.vm.name N`) in fresh cgroups and in its own mount, net, ipc, uts and cgroup
 // namespaces (optionally pid, and optionally its own root directory), with the token on a tmpfs
 // that only the pod's mount namespace sees.

@@ -1,6 +1,6 @@
 // Issue 3, end to end with real kernel objects: the installed setuid front run by an
 // unprivileged user, as libvirt would (extra fds 5 and 28, a poisoned environment), against a
-// pod made of real namespaces and cgroups. A stand-in QEMU (the reporter fixture) prints what it
+// real podman pod. A stand-in QEMU (the reporter fixture) prints what it
 // became; every refusal must leave it unrun.
 import t from 'tap'
 import { spawn } from 'node:child_process'
@@ -8,6 +8,7 @@ import { existsSync, openSync, closeSync, readdirSync, readlinkSync, readFileSyn
 import { FIXTURES, installTemp } from '../helpers/install.ts'
 import { gidOf, uidOf } from '../helpers/ids.ts'
 import { makePod, requireRoot } from '../helpers/pod.ts'
+import { makePodmanPod } from '../helpers/podman.ts'
 import { ISS, AUD, rsaKey, tempDir, writeKey } from '../helpers/tokens.ts'
 import { SignJWT } from 'jose'
 
@@ -114,7 +115,9 @@ const caps = (r: Run, k: string) => BigInt(`0x${r.report?.status?.[k] ?? r.repor
 
 let podSeq = 0
 async function pod(vm: { uuid: string; name: string }, tok: string, opts: Record<string, unknown> = {}) {
-  const p = await makePod({ uuid: vm.uuid, name: vm.name, token: tok, cgroupName: `chain-${process.pid}-${podSeq++}`, ...opts })
+  // A real podman pod; the stand-in QEMU is bound in at its host path (the image has none of it).
+  const p = await makePodmanPod({ uuid: vm.uuid, name: vm.name, token: tok, qemuUid: UID, volumes: [`${FIXTURES}:${FIXTURES}:ro`], ...opts })
+  podSeq++
   t.teardown(() => p.destroy())
   return p
 }
@@ -147,7 +150,7 @@ t.test('an authorised launch becomes QEMU in the pod, in place, unprivileged', a
   t.same(rep.cgroup, readFileSync(`/proc/${p.pid}/cgroup`, 'utf8').trim().split('\n').map((l: string) => l.replace(/:\/.*$/, ':/')),
     'cgroups are the pod\'s (seen from inside its cgroup namespace as /)')
   const hostView = readFileSync(`/proc/${p.pid}/cgroup`, 'utf8')
-  t.match(hostView, /qemu-kube-test/, 'the pod is in its own cgroups')
+  t.match(hostView, /libpod_parent\/[0-9a-f]{64}\/libpod-[0-9a-f]{64}/, 'the pod is in its own (podman) cgroups')
   t.equal(rep.uid, UID)
   t.equal(rep.euid, UID)
   t.equal(rep.suid, UID)
@@ -219,7 +222,12 @@ t.test('a pod whose secret is an absolute symlink to a host file: refused, the h
   const tok = await token(vm)
   const host = tempDir(t, 'qk-hostsecret-')
   writeFileSync(`${host}/token`, tok) // the very token: only reading it on the host would "match"
-  await pod(vm, tok, { ownRoot: true, secretLayout: 'abs-symlink', symlinkTarget: `${host}/token` })
+  // An unshare pod with its own root: the hostile pod here is not our launcher (the launcher
+  // image refuses to start without a token), but any process claiming the VM, as a hostile pod
+  // can run; podman offers no such entrypoint through the helper.
+  const p = await makePod({ uuid: vm.uuid, name: vm.name, token: tok, cgroupName: `chain-${process.pid}-sym`, ownRoot: true,
+    secretLayout: 'abs-symlink', symlinkTarget: `${host}/token` })
+  t.teardown(() => p.destroy())
   refusedWith(t, await runFront(QEMU_ARGS, await vmEnv(vm, tok)), 'ERR_SECRET_MISSING', tok)
 })
 

@@ -1,12 +1,13 @@
 // Issue 2's acceptance, as an operator would check it: `qemu-kube explain` (the clone's bundle,
-// run as root) against real launcher processes in their own mount namespaces, the token on a
-// tmpfs only the pod can see. Authorised names the pod's pid; each refusal names its code.
+// run as root) against real launchers in real podman pods, the token in a Secret-style volume
+// only the pod mounts. Authorised names the pod's pid; each refusal names its code.
 import t from 'tap'
 import { execFile } from 'node:child_process'
 import { readdirSync } from 'node:fs'
 import { SignJWT } from 'jose'
 import { REPO, toml } from '../helpers/install.ts'
-import { makePod, requireRoot } from '../helpers/pod.ts'
+import { requireRoot } from '../helpers/pod.ts'
+import { makePodmanPod } from '../helpers/podman.ts'
 import { AUD, ISS, rsaKey, tempDir, writeKey } from '../helpers/tokens.ts'
 import { writeFileSync } from 'node:fs'
 
@@ -32,7 +33,8 @@ function explain(vm: { uuid: string; name: string }, tok: string): Promise<{ cod
 
 let n = 0
 async function pod(vm: { uuid: string; name: string }, tok: string) {
-  const p = await makePod({ ...vm, token: tok, cgroupName: `explain-${process.pid}-${n++}` })
+  const p = await makePodmanPod({ ...vm, token: tok, qemuUid: 20001 })
+  n++
   t.teardown(() => p.destroy())
   return p
 }
@@ -46,7 +48,7 @@ t.test('authorised: the decision names the pod\'s pid, and consumes nothing', as
   t.equal(r.decision.outcome, 'authorised')
   t.equal(r.decision.target.pid, p.pid)
   t.same(r.decision.namespaces, ['mnt', 'net', 'ipc', 'uts', 'cgroup'])
-  t.ok(r.decision.cgroups.some((c: string) => c.includes('qemu-kube-test')), 'the pod\'s own cgroups')
+  t.ok(r.decision.cgroups.includes(p.cgroups.v2), `the pod's own cgroups (${p.cgroups.v2})`)
   t.equal((await explain(vm, tok)).decision.outcome, 'authorised', 'explain again: the token was not consumed')
   for (const part of tok.split('.')) t.notOk(r.out.includes(part), 'the token is in no output')
 })
