@@ -4,7 +4,7 @@
  *              procfs, and the order of the whole step (qk_mountns_own)
  *   devfs.c    QEMU's private /dev (a tmpfs with a fixed set of nodes)
  *   carry.c    host directories cloned before setns and placed after it
- *   podlink.c  the unix-socket link that hands the pod's launcher a pidfd of QEMU
+ *   podlink.c  the unix-socket link to the pod's launcher and the watcher that stops QEMU
  * Errors end the process through qk_fail/qk_bail (setns.c: one JSON line, exit 71).
  */
 #ifndef QK_MOUNTNS_H
@@ -64,7 +64,12 @@ void qk_attach(int mnt, int target, const char *what);
 void qk_mountns_own(const struct qk_mountns *m);
 
 /* ---- podlink.c ---- */
-/* As the unprivileged uid: hand the launcher listening at path a pidfd of this process. */
-void qk_podlink(const char *path);
+/*
+ * As the unprivileged uid, right before exec: hand the launcher listening at path a pidfd of this
+ * process, then fork the watcher that keeps the connection and stops this process (QEMU) when
+ * the launcher sends "s", closes the link or exits (launcher_pidfd polls readable; -1: unknown).
+ * stop_timeout_s: seconds between the watcher's SIGTERM and its SIGKILL.
+ */
+void qk_podlink(const char *path, int launcher_pidfd, unsigned stop_timeout_s);
 
 #endif

@@ -5,7 +5,7 @@
  *   ENTER --pidfd=N --pid=P --ns=LIST --uid=U --gid=G --groups=LIST --fds=LIST
  *         (--exec-pod=PATH | --exec-host=PATH)
  *         [--mnt=own|pod] [--carry=PATH[,PATH]] [--carry-roots=R[,R]] [--devices=LIST]
- *         [--pod-link=PATH] -- ARGV0 [ARG...]
+ *         [--pod-link=PATH] [--pod-stop-timeout=S] -- ARGV0 [ARG...]
  *
  * Why this is C and single-threaded: setns(fd, CLONE_NEWNS) fails with EINVAL in any
  * multi-threaded process, and net/ipc/uts/cgroup setns only move the calling thread. Node always
@@ -29,7 +29,8 @@
  *      (a uid change clears it)
  *   8. no_new_privs
  *   9. signals: every catchable one to SIG_DFL, nothing blocked
- *  10. --pod-link, as QEMU's uid (podlink.c): hand the pod's launcher a pidfd of ourselves
+ *  10. --pod-link, as QEMU's uid (podlink.c): hand the pod's launcher a pidfd of ourselves and
+ *      fork the watcher that stops QEMU when the launcher asks or goes away
  *  11. fds: all close-on-exec except exactly --fds
  *  12. exec QEMU in place
  *
@@ -106,6 +107,7 @@ static struct {
 	size_t ncarry;
 	struct qk_devices devices;
 	const char *pod_link;   /* "" = none */
+	unsigned pod_stop_timeout; /* --pod-stop-timeout: seconds the watcher gives QEMU after SIGTERM */
 } o;
 
 /* ---- errors --------------------------------------------------------------------------------- */
@@ -316,7 +318,7 @@ static unsigned parse_devices(const char *s)
 
 enum {
 	O_PIDFD, O_PID, O_NS, O_UID, O_GID, O_GROUPS, O_FDS, O_EXEC_POD, O_EXEC_HOST,
-	O_MNT, O_CARRY, O_CARRY_ROOTS, O_DEVICES, O_POD_LINK, O_COUNT
+	O_MNT, O_CARRY, O_CARRY_ROOTS, O_DEVICES, O_POD_LINK, O_POD_STOP_TIMEOUT, O_COUNT
 };
 
 static void parse_args(int argc, char **argv)
@@ -336,6 +338,7 @@ static void parse_args(int argc, char **argv)
 		{"carry-roots", required_argument, NULL, O_CARRY_ROOTS},
 		{"devices", required_argument, NULL, O_DEVICES},
 		{"pod-link", required_argument, NULL, O_POD_LINK},
+		{"pod-stop-timeout", required_argument, NULL, O_POD_STOP_TIMEOUT},
 		{NULL, 0, NULL, 0},
 	};
 	int seen[O_COUNT] = {0};
@@ -343,6 +346,7 @@ static void parse_args(int argc, char **argv)
 	char **carry = NULL, **roots = NULL;
 	size_t ncarry = 0, nroots = 0;
 	o.pod_link = "";
+	o.pod_stop_timeout = 10;
 	int c, idx;
 
 	/* "+": stop at the first non-option; ":" and opterr = 0: we print the only error line. */
@@ -420,6 +424,9 @@ static void parse_args(int argc, char **argv)
 			if (*optarg && clean_path(optarg, 108) != 0)
 				usage("--pod-link must be empty or an absolute, normalised path under 108 bytes", arg);
 			o.pod_link = optarg;
+			break;
+		case O_POD_STOP_TIMEOUT:
+			o.pod_stop_timeout = (unsigned)number(arg, optarg, 0, 3600);
 			break;
 		}
 	}
@@ -901,7 +908,7 @@ int main(int argc, char **argv)
 
 	/* 10. Unprivileged, in QEMU's mount namespace: the launcher learns QEMU's pidfd first. */
 	if (*o.pod_link)
-		qk_podlink(o.pod_link);
+		qk_podlink(o.pod_link, o.pidfd, o.pod_stop_timeout);
 
 	/* 11. */
 	set_fds(procfd);

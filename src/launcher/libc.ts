@@ -1,6 +1,8 @@
 // The libc calls the launcher needs and Node does not offer: waitpid for the PID-1 reaper, and
 // for the QEMU link unix sockets that carry SCM_RIGHTS (Node's net module drops passed fds),
-// poll, eventfd and pidfd_send_signal. Bound once, before the launcher reports ready, so a
+// poll and eventfd. No pidfd_send_signal: linked QEMUs live in the host's pid namespace, an
+// ancestor of ours, and the kernel refuses (EINVAL) to signal a process outside the caller's pid
+// namespace and its descendants; their watchers stop them (native/podlink.c). Bound once, before the launcher reports ready, so a
 // missing or broken koffi is a startup error and not a failure at the first SIGCHLD or link.
 // Layouts are those of LP64 Linux (x86_64 and arm64, the architectures koffi ships for here).
 import { loadKoffi } from '../emulator/koffi-load.ts'
@@ -18,11 +20,9 @@ const SOL_SOCKET = 1
 const SCM_RIGHTS = 1
 const EFD_CLOEXEC = 0o2000000
 const EFD_NONBLOCK = 0o4000
-const SYS_pidfd_send_signal = 424
 const SO_PEERPIDFD = 77
 export const POLLIN = 0x1
 export const EAGAIN = 11
-export const ESRCH = 3
 
 export interface Received {
   /** The bytes read (at most 64). */
@@ -56,8 +56,6 @@ export interface Libc {
   poll(fds: readonly number[], timeoutMs: number): number[]
   /** The same on a libuv worker thread, so a long wait leaves the event loop free. */
   pollAsync(fds: readonly number[], timeoutMs: number): Promise<number[]>
-  /** 0, or the errno (ESRCH once the process is gone). */
-  pidfdSendSignal(pidfd: number, sig: number): number
 }
 
 export function bindLibc(): Libc {
@@ -80,7 +78,6 @@ export function bindLibc(): Libc {
       write: libc.func('long write(int, const void *, unsigned long)'),
       read: libc.func('long read(int, void *, unsigned long)'),
       poll: libc.func('int poll(void *, unsigned long, int)'),
-      syscall: libc.func('long syscall(long, ...)'),
     }
   } catch (e) {
     const why = errnoOf(e) ?? (e instanceof Error ? e.constructor.name : typeof e)
@@ -186,10 +183,6 @@ export function bindLibc(): Libc {
           k.free(native)
         })
       })
-    },
-    pidfdSendSignal(pidfd, sig) {
-      const r = Number(fn.syscall(SYS_pidfd_send_signal, 'int', pidfd, 'int', sig, 'void *', null, 'uint', 0))
-      return r === 0 ? 0 : k.errno()
     },
   }
 }

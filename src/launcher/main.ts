@@ -4,7 +4,7 @@
 // is present and sane at the secret path in this pod's mount namespace, and that its qemu_uid
 // claim is -qemu-uid; hand out the domain XML fragment (full to a 0600 file, redacted to
 // stdout); open the QEMU link; signal readiness; then live as a well-behaved PID 1 until
-// SIGTERM/SIGINT, when it stops every linked QEMU and exits 0. Only this file ends the process.
+// SIGTERM/SIGINT, when it asks every linked QEMU's watcher to stop it, waits for them, and exits 0. Only this file ends the process.
 import { readFileSync, writeFileSync } from 'node:fs'
 import { asQkError, QkError } from '../emulator/errors.ts'
 import { parseArgs, USAGE } from './args.ts'
@@ -41,11 +41,9 @@ function main(argv: readonly string[]): void {
     process.on(sig, () => {
       if (stopping) return // one teardown; a repeated signal must not cut it short
       stopping = true
-      const pidfds = link === null ? [] : [...link.pidfds]
-      log('info', `${sig}: stopping ${pidfds.length} linked QEMU(s), then exiting`)
+      log('info', `${sig}: stopping ${link?.linked.size ?? 0} linked QEMU(s), then exiting`)
       void (async () => {
-        await link?.stop()
-        await stopQemus(libc, pidfds, args.qemuStopTimeout, log)
+        if (link !== null) await stopQemus(link, args.qemuStopTimeout, log)
         log('info', 'exiting')
         process.exit(0)
       })().catch((e: unknown) => {

@@ -1,6 +1,7 @@
 // The launcher as a real process: its QEMU link socket, the refusals, and the teardown that
-// SIGTERMs and then SIGKILLs linked "QEMUs" (a `sleep` that test/fixtures/qklink-client.py
-// forks, which links itself by pidfd and execs, as the node's enter helper links QEMU).
+// asks each linked "QEMU"'s watcher to stop it and waits for the links to close (a `sleep` that
+// test/fixtures/qklink-client.py forks, which links itself by pidfd, leaves the connection to a
+// watcher and execs, as the node's enter helper does for QEMU).
 import { spawn, type ChildProcess } from 'node:child_process'
 import { closeSync, existsSync, openSync, statSync, writeFileSync } from 'node:fs'
 import { dirname } from 'node:path'
@@ -62,12 +63,16 @@ async function ready(t: Test, opts: Parameters<typeof launcher>[1] = {}): Promis
   return l
 }
 
-function client(t: Test, sock: string, mode: string, ignoreTerm = false) {
-  const proc = spawn('python3', [CLIENT, sock, mode, ...(ignoreTerm ? ['ignore-term'] : [])], { stdio: ['ignore', 'pipe', 'inherit'] })
+type Flag = 'ignore-term' | 'never-close' | 'no-watcher'
+
+function client(t: Test, sock: string, mode: string, ...flags: Flag[]) {
+  const proc = spawn('python3', [CLIENT, sock, mode, ...flags], { stdio: ['ignore', 'pipe', 'inherit'] })
   const out = lines(proc.stdout)
   t.teardown(() => {
     proc.kill('SIGKILL')
-    for (const x of out.seen) if (typeof x.child === 'number') try { process.kill(x.child, 'SIGKILL') } catch { /* gone */ }
+    for (const x of out.seen) {
+      for (const pid of [x.child, x.watcher]) if (typeof pid === 'number') try { process.kill(pid, 'SIGKILL') } catch { /* gone */ }
+    }
   })
   return { ack: () => out.until((x) => 'ack' in x), ended: () => out.until((x) => 'signal' in x, 20000) }
 }
@@ -101,36 +106,67 @@ t.test('hellos that are not exactly "QKLINK1\\n" with one pidfd: no ack, closed,
   t.equal((await client(t, l.sock, 'pidfd').ack()).ack, 'k', 'a good hello after all that is still acked')
 })
 
-t.test('SIGTERM: linked QEMUs get SIGTERM, the ones that ignore it SIGKILL, then exit 0', async (t) => {
+const linkedCount = (l: Launcher, n: number) => l.log.until((x) => x.msg === 'qemu link: linked a QEMU' && x.linked === n)
+
+t.test('SIGTERM: "s" to every watcher, then exit 0 once their links close; a link still open is logged at the timeout', async (t) => {
   const l = await ready(t)
   const polite = client(t, l.sock, 'pidfd')
   t.equal((await polite.ack()).ack, 'k')
-  await l.log.until((x) => x.msg === 'qemu link: linked a QEMU' && x.linked === 1)
-  const stubborn = client(t, l.sock, 'pidfd', true)
+  await linkedCount(l, 1)
+  const stubborn = client(t, l.sock, 'pidfd', 'ignore-term')
   t.equal((await stubborn.ack()).ack, 'k')
-  await l.log.until((x) => x.msg === 'qemu link: linked a QEMU' && x.linked === 2)
+  await linkedCount(l, 2)
+  const stuck = client(t, l.sock, 'pidfd', 'never-close')
+  t.equal((await stuck.ack()).ack, 'k')
+  await linkedCount(l, 3)
   const t0 = Date.now()
   l.proc.kill('SIGTERM')
-  t.equal((await polite.ended()).signal, 15, 'the first got SIGTERM')
-  t.equal((await stubborn.ended()).signal, 9, 'the one ignoring SIGTERM got SIGKILL')
+  t.equal((await polite.ended()).signal, 15, 'the first: its watcher sent SIGTERM')
+  t.equal((await stubborn.ended()).signal, 9, 'the one ignoring SIGTERM: its watcher sent SIGKILL')
   t.equal(await l.exit, 0)
-  t.ok(Date.now() - t0 >= 500, 'SIGKILL only after -qemu-stop-timeout')
-  const msgs = l.log.seen.map((x) => x.msg)
-  t.same(msgs.slice(msgs.indexOf('SIGTERM: stopping 2 linked QEMU(s), then exiting')),
-    ['SIGTERM: stopping 2 linked QEMU(s), then exiting', 'QEMU 1 of 2: exited after SIGTERM', 'QEMU 2 of 2: killed after SIGKILL', 'exiting'])
-  t.match(l.log.seen.find((x) => x.msg.startsWith('QEMU 2 of 2')), { level: 'info', qemu: 2, of: 2, outcome: 'killed after SIGKILL' })
+  const took = Date.now() - t0
+  t.ok(took >= 2500 && took < 6000, `waited -qemu-stop-timeout 0.5 s + 2 s for the stuck link (${took} ms)`)
+  const msgs = l.log.seen.map((x) => x.msg).filter((m) => m !== 'qemu link: a linked QEMU exited')
+  t.same(msgs.slice(msgs.indexOf('SIGTERM: stopping 3 linked QEMU(s), then exiting')),
+    ['SIGTERM: stopping 3 linked QEMU(s), then exiting', 'QEMU 1 of 3: stopped', 'QEMU 2 of 3: stopped', 'QEMU 3 of 3: still running at timeout', 'exiting'])
+  t.match(l.log.seen.find((x) => x.msg.startsWith('QEMU 2 of 3')), { level: 'info', qemu: 2, of: 3, outcome: 'stopped' })
+  t.match(l.log.seen.find((x) => x.msg.startsWith('QEMU 3 of 3')), { level: 'error', outcome: 'still running at timeout' })
+  t.ok(Number(l.log.seen.find((x) => x.msg.startsWith('QEMU 2 of 3'))!.ms) >= 1000, 'the stubborn one took its watcher\'s 1 s grace')
   t.notOk(existsSync(l.sock), 'the socket is removed')
+  t.equal((await stuck.ended()).signal, 15, 'the launcher\'s exit closed the stuck link: that watcher stopped its QEMU after all')
 })
 
-t.test('a linked QEMU that exits is dropped; SIGTERM with none linked exits 0 at once', async (t) => {
+t.test('SIGTERM with every watcher quick: exits as soon as the links close, not at the timeout', async (t) => {
+  const l = await ready(t, { stopTimeout: '30' })
+  const c = client(t, l.sock, 'pidfd')
+  t.equal((await c.ack()).ack, 'k')
+  await linkedCount(l, 1)
+  const t0 = Date.now()
+  l.proc.kill('SIGTERM')
+  t.equal((await c.ended()).signal, 15)
+  t.equal(await l.exit, 0)
+  t.ok(Date.now() - t0 < 5000, `exited at once (${Date.now() - t0} ms of a 30 s timeout)`)
+  t.ok(l.log.seen.some((x) => x.msg === 'QEMU 1 of 1: stopped'))
+})
+
+t.test('a linked QEMU that exits: its watcher closes the link and the launcher drops it; SIGTERM with none linked exits 0 at once', async (t) => {
   const l = await ready(t)
   const c = client(t, l.sock, 'pidfd')
   const { child } = await c.ack()
+  await linkedCount(l, 1)
   process.kill(child as number, 'SIGKILL')
   await l.log.until((x) => x.msg === 'qemu link: a linked QEMU exited' && x.linked === 0)
   l.proc.kill('SIGINT')
   t.equal(await l.exit, 0)
   t.ok(l.log.seen.some((x) => x.msg === 'SIGINT: stopping 0 linked QEMU(s), then exiting'))
+})
+
+t.test('a link that closes while its QEMU runs (no watcher): an error, the QEMU is no longer counted', async (t) => {
+  const l = await ready(t)
+  const c = client(t, l.sock, 'pidfd', 'no-watcher')
+  t.equal((await c.ack()).ack, 'k')
+  t.match(await l.log.until((x) => x.msg.startsWith('qemu link: a watcher closed its link')),
+    { level: 'error', msg: 'qemu link: a watcher closed its link while its QEMU still runs; that QEMU is no longer tied to this pod', linked: 0 })
 })
 
 t.test('-qemu-link "" opens no socket', async (t) => {

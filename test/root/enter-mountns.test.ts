@@ -5,8 +5,10 @@
 // QEMU and reports its view. Every refusal must leave the probe unrun.
 import t, { type Test } from 'tap'
 import { spawn, spawnSync } from 'node:child_process'
-import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readlinkSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs'
-import { makePod, requireRoot, REPO, type Pod } from '../helpers/pod.ts'
+import { randomUUID } from 'node:crypto'
+import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs'
+import { makePod, PAUSE, requireRoot, REPO, type Pod } from '../helpers/pod.ts'
+import { cleanupStale, makePodmanPod, podman, podmanUnavailable } from '../helpers/podman.ts'
 
 if (!requireRoot(t)) process.exit(0)
 
@@ -220,6 +222,7 @@ msg, fds, _, _ = socket.recv_fds(c, 64, 4)
 info = open("/proc/self/fdinfo/%d" % fds[0]).read() if fds else ""
 if mode == "ack":
     c.sendall(b"k")
+    c.recv(1)  # the watcher closes the link once QEMU has exited (closing first would stop QEMU)
 else:
     print("connected", flush=True)
     sys.stdin.read()
@@ -255,4 +258,141 @@ t.test('--pod-link: the launcher gets a pidfd of QEMU before QEMU starts', async
   const nspid = /\nNSpid:\s+([\d\s]+)\n/.exec(got.fdinfo)?.[1]?.trim().split(/\s+/).map(Number) ?? []
   tt.equal(nspid.at(-1), rep.pid, 'the pidfd names the process that became QEMU (its pid in the pod)')
   tt.equal(nspid.length, 2, '... a process in the pod\'s pid namespace')
+})
+
+// The watcher for real: the pod's real launcher (test/helpers/podman.ts, the launcher image),
+// the enter helper run as qemu-kube runs it (in the launcher container's cgroups, a pidfd of the
+// launcher, without the pid namespace unless asked), and the pause fixture in place of QEMU
+// (it exits 0 on SIGTERM: exit 0 = SIGTERM came first, SIGKILL = it did not).
+const why = podmanUnavailable()
+t.test('the watcher: QEMU ends with its pod\'s launcher', { skip: why ?? false }, async (tt) => {
+  await cleanupStale()
+  const LINK = '/var/run/kubevirt-private/qemu-kube/launcher.sock'
+  // Opens the pidfd (Node cannot), joins the cgroups as qemu-kube's Node process does, execs ENTER in place.
+  const WRAP = 'import os,sys; fd=os.pidfd_open(int(sys.argv[1])); os.set_inheritable(fd, True)\n'
+    + 'for f in sys.argv[2].split(","): open(f, "w").write(str(os.getpid()))\n'
+    + 'os.execv(sys.argv[3], [sys.argv[3], "--pidfd=%d" % fd] + sys.argv[4:])'
+  const nsOf = (pid: number, ns: string) => { try { return readlinkSync(`/proc/${pid}/ns/${ns}`) } catch { return null } }
+  const alive = (pid: number) => { try { return !/^\d+ \(.*\) [ZX] /s.test(readFileSync(`/proc/${pid}/stat`, 'utf8')) } catch { return false } }
+  const watchersOf = (qemu: number) => {
+    const mnt = nsOf(qemu, 'mnt')
+    return readdirSync('/proc').filter((d) => /^\d+$/.test(d)).map(Number).filter((pid) => {
+      try {
+        return readFileSync(`/proc/${pid}/comm`, 'utf8') === 'qemu-kube-watch\n' && mnt !== null && nsOf(pid, 'mnt') === mnt
+      } catch {
+        return false
+      }
+    })
+  }
+  const until = async (what: string, ok: () => boolean, ms = 10_000) => {
+    for (const end = Date.now() + ms; !ok();) {
+      if (Date.now() > end) throw new Error(`timed out: ${what}`)
+      await new Promise((r) => setTimeout(r, 20))
+    }
+  }
+  async function linked(ttt: Test, o: { pidNs?: boolean; stopTimeout?: number } = {}) {
+    const pod = await makePodmanPod({ uuid: randomUUID(), name: `watch-${randomUUID().slice(0, 6)}`, token: 'eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ0In0.c2ln' })
+    ttt.teardown(() => pod.destroy())
+    const procs = [...Object.values(pod.cgroups.v1), ...(pod.cgroups.v2 ? [pod.cgroups.v2] : [])].map((d) => `${d}/cgroup.procs`)
+    const args = [`--pid=${pod.pid}`, `--ns=mnt,net,ipc,uts,cgroup${o.pidNs ? ',pid' : ''}`, `--uid=${UID}`, `--gid=${GID}`, '--groups=', '--fds=0,1,2',
+      `--exec-host=${PAUSE}`, '--mnt=own', '--carry=', '--carry-roots=', '--devices=', `--pod-link=${LINK}`,
+      ...(o.stopTimeout === undefined ? [] : [`--pod-stop-timeout=${o.stopTimeout}`]), '--', 'qemu-system-x86_64']
+    const c = spawn('python3', ['-c', WRAP, String(pod.pid), procs.join(','), ENTER, ...args], { stdio: ['ignore', 'ignore', 'pipe'] })
+    let stderr = ''
+    c.stderr.on('data', (d: Buffer) => { stderr += d.toString() })
+    const exit = new Promise<{ code: number | null; signal: string | null }>((r) => c.on('exit', (code, signal) => r({ code, signal })))
+    ttt.teardown(() => { c.kill('SIGKILL') })
+    // QEMU: the helper itself without the pid namespace, its one child with it.
+    const qemuPid = () => {
+      if (!o.pidNs) return c.pid!
+      const kids = readFileSync(`/proc/${c.pid}/task/${c.pid}/children`, 'utf8').trim()
+      return kids === '' ? 0 : Number(kids.split(/\s+/)[0])
+    }
+    let qemu = 0
+    let watcher = 0
+    await until(`a running pause with its watcher (${stderr})`, () => {
+      qemu = alive(c.pid!) ? qemuPid() : 0
+      if (qemu === 0 || !readFileSync(`/proc/${qemu}/cmdline`, 'utf8').startsWith('qemu-system-x86_64')) return false
+      const w = watchersOf(qemu)
+      watcher = w.length === 1 ? w[0]! : 0
+      return watcher !== 0
+    })
+    const log = async () => (await podman(['logs', pod.ctrId])).stderr
+    return { pod, c, qemu, watcher, exit, log }
+  }
+
+  tt.test('the watcher: the VM\'s uid, no capabilities, only its own fds, the pod\'s cgroups, not QEMU\'s child', async (t2) => {
+    const { qemu, watcher } = await linked(t2)
+    const st = readFileSync(`/proc/${watcher}/status`, 'utf8')
+    t2.match(st, new RegExp(`\nUid:\\s+${UID}\\s+${UID}\\s+${UID}\\s+${UID}\n`), `uid ${UID}`)
+    t2.match(st, /\nCapEff:\s+0+\n/, 'no effective capabilities')
+    t2.match(st, /\nCapPrm:\s+0+\n/, 'none permitted')
+    t2.match(st, /\nCapBnd:\s+0+\n/, 'empty bounding set')
+    t2.match(st, /\nNoNewPrivs:\s+1\n/, 'no_new_privs')
+    const ppid = Number(/\nPPid:\s+(\d+)\n/.exec(st)![1])
+    t2.not(ppid, qemu, 'not QEMU\'s child')
+    t2.equal(readFileSync(`/proc/${qemu}/task/${qemu}/children`, 'utf8').trim(), '', 'QEMU has no child')
+    const fds = readdirSync(`/proc/${watcher}/fd`).map((fd) => readlinkSync(`/proc/${watcher}/fd/${fd}`)).sort()
+    t2.same(fds, ['anon_inode:[pidfd]', 'anon_inode:[pidfd]', 'anon_inode:[signalfd]', fds.find((f) => f.startsWith('socket:'))].sort(),
+      `the link, QEMU's and the launcher's pidfds, its signalfd; nothing else: ${fds.join(' ')}`)
+    const qemuFds = new Set(readdirSync(`/proc/${qemu}/fd`).map((fd) => readlinkSync(`/proc/${qemu}/fd/${fd}`)))
+    t2.notOk(fds.some((f) => qemuFds.has(f) && !f.startsWith('anon_inode:')), 'none of QEMU\'s files')
+    t2.equal(readFileSync(`/proc/${watcher}/cgroup`, 'utf8'), readFileSync(`/proc/${qemu}/cgroup`, 'utf8'), 'QEMU\'s (the pod\'s) cgroups')
+  })
+
+  for (const pidNs of [false, true]) {
+    tt.test(`the launcher gets SIGTERM (podman stop): QEMU gets SIGTERM and exits, the watcher is gone${pidNs ? ' (pid namespace)' : ''}`, async (t2) => {
+      const { pod, qemu, watcher, exit, log } = await linked(t2, { pidNs })
+      const t0 = Date.now()
+      await pod.stop({ graceful: true, timeout: 20 })
+      t2.same(await exit, { code: 0, signal: null }, 'the pause exited 0: it got SIGTERM')
+      t2.ok(Date.now() - t0 < 5000, `within a few seconds (${Date.now() - t0} ms)`)
+      t2.notOk(alive(qemu), 'QEMU is gone')
+      await until('the watcher exits', () => !alive(watcher), 3000)
+      t2.match(await log(), /"msg":"QEMU 1 of 1: stopped"/, 'the launcher logged it stopped')
+    })
+  }
+
+  tt.test('the launcher is SIGKILLed (podman kill -s KILL): QEMU gets SIGTERM all the same, the watcher is gone', async (t2) => {
+    const { pod, qemu, watcher, exit } = await linked(t2)
+    const t0 = Date.now()
+    await pod.stop({ graceful: false })
+    t2.same(await exit, { code: 0, signal: null }, 'the pause exited 0: it got SIGTERM')
+    t2.ok(Date.now() - t0 < 5000, `within a few seconds (${Date.now() - t0} ms)`)
+    t2.notOk(alive(qemu), 'QEMU is gone')
+    await until('the watcher exits', () => !alive(watcher), 3000)
+  })
+
+  tt.test('the launcher\'s host pid SIGKILLed: the same', async (t2) => {
+    const { pod, exit, watcher } = await linked(t2)
+    process.kill(pod.pid, 'SIGKILL')
+    t2.same(await exit, { code: 0, signal: null }, 'the pause exited 0: it got SIGTERM')
+    await until('the watcher exits', () => !alive(watcher), 3000)
+  })
+
+  tt.test('QEMU exits by itself: the watcher exits, the launcher drops the link, the pod stops without waiting', async (t2) => {
+    const { pod, qemu, watcher, exit, log } = await linked(t2)
+    process.kill(qemu, 'SIGKILL')
+    t2.same(await exit, { code: null, signal: 'SIGKILL' })
+    await until('the watcher exits', () => !alive(watcher), 3000)
+    for (const end = Date.now() + 5000; !(await log()).includes('"msg":"qemu link: a linked QEMU exited"') && Date.now() < end;) await new Promise((r) => setTimeout(r, 100))
+    t2.match(await log(), /"msg":"qemu link: a linked QEMU exited","linked":0/, 'the launcher dropped it')
+    const t0 = Date.now()
+    await pod.stop({ graceful: true, timeout: 20 })
+    t2.ok(Date.now() - t0 < 5000, 'the launcher had nothing to wait for')
+    t2.match(await log(), /"msg":"SIGTERM: stopping 0 linked QEMU\(s\), then exiting"/)
+  })
+
+  // The helper resets every disposition before exec, so the stand-in cannot ignore SIGTERM; a
+  // stopped process does not act on it either (it stays pending), and SIGKILL still ends it.
+  tt.test('a QEMU that does not end on SIGTERM: SIGKILL after --pod-stop-timeout', async (t2) => {
+    const { pod, qemu, watcher, exit, log } = await linked(t2, { stopTimeout: 1 })
+    process.kill(qemu, 'SIGSTOP')
+    const t0 = Date.now()
+    await pod.stop({ graceful: true, timeout: 20 })
+    t2.same(await exit, { code: null, signal: 'SIGKILL' }, 'SIGKILLed')
+    t2.ok(Date.now() - t0 >= 1000, `after the 1 s grace (${Date.now() - t0} ms)`)
+    await until('the watcher exits', () => !alive(watcher), 3000)
+    t2.match(await log(), /"msg":"QEMU 1 of 1: stopped"/)
+  })
 })
