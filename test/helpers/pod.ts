@@ -5,7 +5,7 @@
 //     launcher image refuses to start without a token) and whose secret is an absolute symlink;
 //   - test/root/enter-mountns.test.ts: the enter helper driven by hand against a pod with its
 //     own root and pid namespace, with fixtures at host paths inside it.
-// Such a pod shares the host's pid namespace users and, without ownRoot, the host's root.
+// Such a pod shares the host's root unless ownRoot, and its pid namespace unless pidNs.
 //
 // Simulated pods for root tests: a launcher process (`virt-launcher -kubevirt.vm.uuid U
 // -kubevirt.vm.name N`) in fresh cgroups and in its own mount, net, ipc, uts and cgroup
