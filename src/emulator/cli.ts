@@ -99,6 +99,12 @@ export async function runCli(argv: readonly string[]): Promise<number> {
 async function explain(configPath: string, env: Record<string, string | undefined>, qemuArgs: string[], as?: string): Promise<{ decision: Decision; exitCode: number }> {
   const trail: Trail = {}
   try {
+    // Without root the pod's /proc entries, its mount namespace, the state dir (and a root-only
+    // config) answer EPERM or EACCES, which would read as "the launcher died" or "no secret":
+    // say what is wrong instead.
+    if ((process.geteuid?.() ?? 0) !== 0) {
+      throw new QkError('ERR_USAGE', 'explain needs root: it reads the pod\'s /proc entries and mount namespace and the state dir as a launch does; run it as root')
+    }
     const config = loadConfig(configPath)
     const inv = classify(env, qemuArgs)
     if (inv.kind === 'probe') return { decision: { outcome: 'probe', code: 'OK', qemu: { path: config.probe_qemu_binary, from: 'host' } }, exitCode: 0 }

@@ -13,7 +13,8 @@
 import { closeSync, constants, futimesSync, linkSync, lstatSync, mkdirSync, openSync, readdirSync, unlinkSync, type Stats } from 'node:fs'
 import { createHash, randomBytes } from 'node:crypto'
 import { QkError, errnoOf } from './errors.ts'
-import { checkAncestors } from './trusted-file.ts'
+import { dirname } from 'node:path'
+import { checkAncestors, type FileMeta } from './trusted-file.ts'
 
 const STATE_CODES = { missing: 'ERR_STATE_DIR_UNSAFE', unsafe: 'ERR_STATE_DIR_UNSAFE' } as const
 
@@ -95,12 +96,36 @@ export function ensureStateDir(dir: string): void {
   } catch (err) {
     if (errnoOf(err) !== 'EEXIST') throw new QkError('ERR_OS', `cannot create state dir ${dir}: ${errnoOf(err) ?? 'error'}`, { dir })
   }
+  checkStateDir(dir)
+}
+
+/**
+ * What a launch would refuse about the state dir, without making it (for `explain`): a missing
+ * one passes (a launch makes it) once the directories above it are safe.
+ */
+export function checkStateDir(dir: string): void {
   // Owned by whoever we run as: root in production (the front makes sure), the tester in tests.
   const owner = process.geteuid?.() ?? 0
   // Whoever can write a directory above the state dir can swap it for one holding no records,
   // and a symlink anywhere on the way leads elsewhere: the same walk as for the config.
-  checkAncestors(dir, STATE_CODES, (_, m) => (m.uid === owner ? { ...m, uid: 0 } : m))
-  const st: Stats = lstatSync(dir)
+  const asOurs: FileMeta = (_, m) => (m.uid === owner ? { ...m, uid: 0 } : m)
+  let st: Stats
+  try {
+    st = lstatSync(dir)
+  } catch (err) {
+    if (errnoOf(err) !== 'ENOENT') throw new QkError('ERR_STATE_DIR_UNSAFE', `cannot inspect state dir ${dir}: ${errnoOf(err) ?? 'error'}`, { dir })
+    // A launch would make it: the directory it is made in must be as safe as its ancestors.
+    const parent = dirname(dir)
+    checkAncestors(parent, STATE_CODES, asOurs)
+    const p = lstatSync(parent)
+    const m = asOurs(parent, { uid: p.uid, mode: p.mode, isFile: false })
+    if (!p.isDirectory() || m.uid !== 0 || ((m.mode & 0o022) !== 0 && (m.mode & 0o1000) === 0)) {
+      throw new QkError('ERR_STATE_DIR_UNSAFE',
+        `${dir}: directory ${parent} must be owned by root and not writable by group or others, is uid ${p.uid} mode ${(p.mode & 0o7777).toString(8)}`, { dir })
+    }
+    return
+  }
+  checkAncestors(dir, STATE_CODES, asOurs)
   if (!st.isDirectory() || st.uid !== owner || (st.mode & 0o077) !== 0) {
     throw new QkError('ERR_STATE_DIR_UNSAFE',
       `${dir} must be a directory owned by uid ${owner} with mode 0700, is uid ${st.uid} mode ${(st.mode & 0o7777).toString(8)}`, { dir })

@@ -23,7 +23,7 @@ import type { Invocation, Vm } from './invocation.ts'
 import { checkHostQemu } from './elf.ts'
 import { loadKeys } from './keys.ts'
 import { readPinned, whilePinned, type PidfdOps, type Pinned } from './pin.ts'
-import { checkNotReplayed, recordOnce } from './replay.ts'
+import { checkNotReplayed, checkStateDir, recordOnce } from './replay.ts'
 import { readPodSecret, secretMatches, type Openat2 } from './secret.ts'
 import { findTarget } from './target.ts'
 import { verifyToken } from './token.ts'
@@ -108,6 +108,8 @@ export async function authorise(inv: Launch, ctx: VerifyContext, trail: Trail): 
       lease.release()
     }
   } else {
+    // `explain` makes nothing, but predicts what the launch would refuse about the state dir.
+    checkStateDir(cfg.state_dir)
     checkUidFree(cfg.state_dir, runAs.uid, inv.vm.uuid, leaseOps(cfg.proc_root))
   }
 

@@ -1,7 +1,7 @@
 import t from 'tap'
 import { createHash } from 'node:crypto'
 import { chmodSync, lstatSync, mkdirSync, readdirSync, symlinkSync, writeFileSync } from 'node:fs'
-import { checkNotReplayed, purgeExpired, recordOnce } from '../../src/emulator/replay.ts'
+import { checkNotReplayed, checkStateDir, purgeExpired, recordOnce } from '../../src/emulator/replay.ts'
 import { NOW, NOW_S, tempDir } from '../helpers/tokens.ts'
 
 const at = (s: number) => () => new Date(s * 1000)
@@ -85,4 +85,18 @@ t.test('every directory above the state dir is checked, and none may be a symlin
   t.throws(() => recordOnce(`${base}/link/state`, { jti: 'a', exp: NOW_S + 50 }, clock, 5), {
     code: 'ERR_STATE_DIR_UNSAFE', message: `${base}/link/state: ${base}/link is a symlink; name the file itself`,
   })
+})
+
+// Issue 8 item 9: explain must predict the launch's refusal of an unsafe state dir, making nothing.
+t.test('checkStateDir predicts ensureStateDir without creating anything', async (t) => {
+  const base = tempDir(t)
+  t.doesNotThrow(() => checkStateDir(`${base}/state`), 'a missing state dir under safe directories passes')
+  t.same(readdirSync(base), [], 'and is not made')
+  mkdirSync(`${base}/state`, { mode: 0o755 })
+  chmodSync(`${base}/state`, 0o755)
+  const me = process.geteuid?.()
+  t.throws(() => checkStateDir(`${base}/state`), { code: 'ERR_STATE_DIR_UNSAFE', message: `${base}/state must be a directory owned by uid ${me} with mode 0700, is uid ${me} mode 755` })
+  mkdirSync(`${base}/open`, { mode: 0o777 })
+  chmodSync(`${base}/open`, 0o777)
+  t.throws(() => checkStateDir(`${base}/open/state`), { code: 'ERR_STATE_DIR_UNSAFE', message: `${base}/open/state: directory ${base}/open must be owned by root and not writable by group or others, is uid ${me} mode 777` })
 })

@@ -2,7 +2,7 @@
 // launch, and the trail each refusal leaves for the decision line.
 import t, { type Test } from 'tap'
 import { createHash } from 'node:crypto'
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs'
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs'
 import { purgeExpired } from '../../src/emulator/replay.ts'
 import { schema } from '../../src/emulator/config.ts'
 import { sys } from '../../src/emulator/sys.ts'
@@ -64,6 +64,17 @@ t.test('explain (consume: false) records nothing', async (t) => {
   await authorise(inv, { ...ctx, consume: false }, {})
   await authorise(inv, { ...ctx, consume: false }, {})
   t.notOk(existsSync(`${dir}/state`), 'not even the state dir is made')
+})
+
+// Issue 8 item 9: explain predicted "authorised" for a launch the state dir would refuse.
+t.test('explain refuses what the launch would refuse about the state dir: ERR_STATE_DIR_UNSAFE', async (t) => {
+  const { ctx, inv, dir } = await setup(t)
+  mkdirSync(`${dir}/state`, { mode: 0o755 })
+  chmodSync(`${dir}/state`, 0o755)
+  const me = process.geteuid?.()
+  await t.rejects(authorise(inv, { ...ctx, consume: false }, {}), {
+    code: 'ERR_STATE_DIR_UNSAFE', message: `${dir}/state must be a directory owned by uid ${me} with mode 0700, is uid ${me} mode 755`,
+  })
 })
 
 t.test('refusals stop the pipeline where they happen and leave a trail', async (t) => {

@@ -31,6 +31,18 @@ function explain(vm: { uuid: string; name: string }, tok: string): Promise<{ cod
     (err, stdout, stderr) => res({ code: err ? Number(err.code) : 0, decision: JSON.parse(stdout), out: stdout + stderr })))
 }
 
+// Issue 8 item 9: without root every pod read fails with EPERM, which read as "the launcher died".
+t.test('explain as an unprivileged user says it needs root: ERR_USAGE', async (t) => {
+  const vm = { uuid: `explain-nobody-${process.pid}`, name: 'nobodyvm' }
+  const tok = await token(vm)
+  const r = await new Promise<{ code: number; decision: any }>((res) => execFile(process.execPath, [`${REPO}/dist/qemu-kube.cjs`, 'explain', '--config', config, '--as', '20001', '--', '-name', 'guest=x'],
+    { uid: 65534, gid: 65534, env: { PATH: process.env['PATH'], KUBEVIRT_VM_UUID: vm.uuid, KUBEVIRT_VM_NAME: vm.name, KUBEVIRT_SECRET: tok } },
+    (err, stdout) => res({ code: err ? Number(err.code) : 0, decision: JSON.parse(stdout) })))
+  t.equal(r.code, 64)
+  t.equal(r.decision.code, 'ERR_USAGE')
+  t.equal(r.decision.reason, 'explain needs root: it reads the pod\'s /proc entries and mount namespace and the state dir as a launch does; run it as root')
+})
+
 let n = 0
 async function pod(vm: { uuid: string; name: string }, tok: string) {
   const p = await makePodmanPod({ ...vm, token: tok, qemuUid: 20001 })
