@@ -12,7 +12,7 @@ import { execFile } from 'node:child_process'
 import { existsSync, readdirSync, readFileSync } from 'node:fs'
 import { REPO } from '../helpers/install.ts'
 import { defineAndStart, domainPid, requireLibvirt, restartLibvirtd, virsh } from '../helpers/libvirt.ts'
-import { nsInode, qemuProcesses, setupE2e, until, type Pod, type Vm } from '../helpers/e2e.ts'
+import { monitorStatus, nsInode, qemuProcesses, setupE2e, until, type Pod, type Vm } from '../helpers/e2e.ts'
 import { rotateToken } from '../helpers/podman.ts'
 
 if (!requireLibvirt(t)) process.exit(0)
@@ -27,15 +27,6 @@ function reach(args: string[], uid: number, mntnsOf?: number): Promise<Record<st
     if (err) rej(new Error(`reach ${argv.join(' ')}: ${stderr}`))
     else res(JSON.parse(stdout))
   }))
-}
-
-async function monitorStatus(name: string): Promise<string | undefined> {
-  const r = await virsh(['qemu-monitor-command', name, '{"execute":"query-status"}'])
-  try {
-    return JSON.parse(r.stdout).return?.status
-  } catch {
-    return undefined
-  }
 }
 
 const alive = (pid: number) => existsSync(`/proc/${pid}`) && !/^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8'))

@@ -7,7 +7,7 @@ import t from 'tap'
 import { existsSync, readdirSync, readFileSync, readlinkSync } from 'node:fs'
 import { requireLibvirt } from '../helpers/libvirt.ts'
 import {
-  cmdline, logSince, logSize, nsInode, probeRecorder, qemuKubeLines, qemuProcesses, QEMU_USER, setupE2e, status, uidOf,
+  cmdline, logSince, monitorStatus, logSize, nsInode, probeRecorder, qemuKubeLines, qemuProcesses, QEMU_USER, setupE2e, status, uidOf,
   until, virsh, type Pod, type Vm,
 } from '../helpers/e2e.ts'
 import { domainPid } from '../helpers/libvirt.ts'
@@ -41,15 +41,6 @@ async function checkInPod(t: Test, vm: Vm, p: Pod, pid: number) {
   t.equal(st.NoNewPrivs, '1', 'no_new_privs')
   const env = readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0')
   t.notOk(env.some((v) => v.startsWith('KUBEVIRT_SECRET=')), 'no token in QEMU\'s environment')
-}
-
-async function monitorStatus(name: string): Promise<string | undefined> {
-  const r = await virsh(['qemu-monitor-command', name, '{"execute":"query-status"}'])
-  try {
-    return JSON.parse(r.stdout).return?.status
-  } catch {
-    return undefined
-  }
 }
 
 t.test('capability probe through qemu-kube: virsh domcapabilities succeeds, the probe QEMU ran unprivileged on the host', async (t) => {

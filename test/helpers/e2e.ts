@@ -258,6 +258,16 @@ export async function until(what: string, fn: () => boolean, ms = 20_000): Promi
 
 export { virsh }
 
+/** The domain's run state as QEMU reports it over libvirt's monitor (query-status), or undefined. */
+export async function monitorStatus(name: string): Promise<string | undefined> {
+  const r = await virsh(['qemu-monitor-command', name, '{"execute":"query-status"}'])
+  try {
+    return JSON.parse(r.stdout).return?.status
+  } catch {
+    return undefined
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // the probe recorder: a stand-in probe QEMU that writes down who it ran as, then execs QEMU
 
