@@ -27,7 +27,7 @@ finish() {
   trap '' INT TERM HUP
   # The demo died without cleaning up (its state file is there, not kept, its pid gone).
   if [[ -f $STATE && -f $BUNDLE_DIR/demo.mjs ]] && ! grep -q '"kept": true' "$STATE"; then
-    pid=$(sed -n 's/^ *"pid": \([0-9]*\),*$/\1/p' "$STATE")
+    pid=$(sed -n 's/^  "pid": \([0-9]*\),*$/\1/p' "$STATE")  # the top level's, not the pod's
     if [[ -n $pid ]] && ! kill -0 "$pid" 2>/dev/null; then
       echo "demo: the demo (pid $pid) ended without cleaning up; cleaning up now" >&2
       node "$BUNDLE_DIR/demo.mjs" --cleanup || rc=1

@@ -1,6 +1,7 @@
 // `npm run demo` (scripts/demo.sh bundles and runs this, as root, after scripts/setup.sh):
-// stock libvirt boots one small TCG VM through qemu-kube into a real pod, and the demo prints
-// what a skeptic would check. Then it puts everything back.
+// stock libvirt boots one small TCG VM through qemu-kube into a real podman pod (the launcher
+// image, test/helpers/podman.ts), as the VM's own host uid, and the demo prints what a skeptic
+// would check, including another VM's uid failing to reach it. Then it puts everything back.
 //
 //   demo [--keep]     --keep: leave the VM, its pod and libvirt running; print how to clean up
 //   demo --cleanup    undo a kept (or crashed) demo, from its state file
@@ -9,30 +10,36 @@
 // that, so it is the same code after success, an error, Ctrl-C, or in a later --cleanup run.
 // The libvirt side (qemu.conf backup and restore, which daemons were started) is the test
 // helper's shared protocol (test/helpers/libvirt.ts), so the demo and the e2e tests can share a
-// libvirtd.
-import { spawnSync } from 'node:child_process'
+// libvirtd; the pod side is the podman helper's private store (test/helpers/podman.ts).
+import { execFile, spawnSync } from 'node:child_process'
 import { createHash, randomUUID } from 'node:crypto'
 import {
-  chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, renameSync, rmSync, rmdirSync, statSync, writeFileSync,
+  chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, renameSync, rmSync, rmdirSync, statSync, writeFileSync,
 } from 'node:fs'
-import { connect, type Socket } from 'node:net'
-import { dirname } from 'node:path'
 import {
   domainPid, domainXml, qemuConf, QEMU_CONF, startLibvirt, STATE_DIR as LIBVIRT_STATE, stopLibvirt, URI, virsh,
 } from '../test/helpers/libvirt.ts'
-import { CGROUP_PARENT, cleanupStale, hierarchies, makePod, NS_NAMES, REPO, type Pod } from '../test/helpers/pod.ts'
+import { hierarchies } from '../test/helpers/pod.ts'
+import {
+  cleanupStale, launcherImage, makePodmanPod, NS_NAMES, podman, podmanUnavailable, REPO, SECRET_PATH, STORE, type PodmanPod,
+} from '../test/helpers/podman.ts'
 
 const NAME = 'qemu-kube-demo' // libvirt's domain name
 const VM_NAME = 'demo-vm' // KUBEVIRT_VM_NAME, the pod's -kubevirt.vm.name
+/** The VM's own host identity (virt-handler would allocate it from vm_uid_range). */
+const VM_UID = 20001
+/** Another VM's identity: the attacker of step 8. */
+const OTHER_UID = 20002
 const QEMU_USER = 'libvirt-qemu'
 const QEMU_GROUP = 'kvm'
 const RUN_DIR = '/run/qemu-kube-demo'
 const STATE_FILE = `${RUN_DIR}/state.json`
-const SERIAL_DIR = `${RUN_DIR}/serial`
-const SERIAL = `${SERIAL_DIR}/console.sock`
-const LAUNCHER = `${REPO}/dist/virt-launcher`
-const SECRET_PATH = '/var/run/kubevirt/qemu-kube/token'
+/** Where the launcher writes the full fragment (token included), in its own container. */
+const FRAGMENT_IN_POD = '/tmp/domain-fragment.xml'
+const REACH = `${REPO}/dist/native/fixtures/reach`
 const LOG = `/var/log/libvirt/qemu/${NAME}.log`
+/** An in-memory serial console: a host socket path does not exist in QEMU's own mount namespace. */
+const CONSOLE_ARGS = ['-chardev', 'ringbuf,id=qkcons,size=64K', '-serial', 'chardev:qkcons', '-machine', 'graphics=off']
 const STEPS = 8
 
 interface State {
@@ -43,9 +50,20 @@ interface State {
   base?: string
   front?: string
   libvirt?: boolean
+  /** The daemons that were not running when the demo started libvirt (so it started them). */
+  daemonsStarted?: string[]
   domain?: boolean
-  /** The pod's leaf cgroup (qemu-kube-test/<cgroup> in every hierarchy), recorded before it is made. */
-  pod?: { cgroup: string; pid?: number }
+  /** The podman pod (in the helper's store), its name recorded before it is made. */
+  pod?: {
+    name: string
+    /** The process that made it (its secret directories are STORE.secrets/<owner>-*). */
+    owner: number
+    id?: string
+    pid?: number
+    /** The pod's cgroup directories (podman's /libpod_parent/<id> in every hierarchy). */
+    cgroups?: string[]
+    secretHostDir?: string
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -151,44 +169,48 @@ async function until(what: string, fn: () => boolean, ms = 20_000): Promise<void
   }
 }
 
-/** Reads what QEMU writes on the serial console until `done` matches or ms pass. */
-function readConsole(path: string, done: RegExp, ms: number): Promise<string> {
-  return new Promise((res) => {
-    let text = ''
-    let finished = false
-    const end = Date.now() + ms
-    let sock: Socket | null = null
-    const finish = () => {
-      if (finished) return
-      finished = true
-      clearTimeout(timer)
-      sock?.destroy()
-      res(text)
-    }
-    const timer = setTimeout(finish, ms)
-    const attempt = () => {
-      sock = connect(path)
-      sock.on('data', (d) => {
-        text += d.toString('latin1')
-        if (done.test(text)) finish()
-      })
-      // Made but not yet listening: try again.
-      sock.on('error', () => { if (text === '' && Date.now() < end - 100) setTimeout(attempt, 10); else finish() })
-    }
-    attempt()
-  })
+/**
+ * Reads the in-memory serial console (CONSOLE_ARGS) over libvirt's monitor until `done` matches
+ * or ms pass. HMP's ringbuf_read consumes what it returns and prints control characters as \\uXXXX.
+ */
+async function readConsole(done: RegExp, ms: number): Promise<string> {
+  let text = ''
+  for (const end = Date.now() + ms; Date.now() < end && !done.test(text); await sleep(100)) {
+    const r = await virsh(['qemu-monitor-command', '--hmp', NAME, 'ringbuf_read qkcons 65536'])
+    if (r.code !== 0) throw new Error(`virsh qemu-monitor-command --hmp ringbuf_read: ${r.stderr.trim()}`)
+    text += r.stdout.replace(/\r?\n$/, '').replace(/\\u([0-9A-Fa-f]{4})/g, (_, h: string) => String.fromCharCode(parseInt(h, 16))).replace(/\\\\/g, '\\')
+  }
+  return text
+}
+
+/** The reach fixture (test/fixtures/reach.c): root drops to uid:uid (after entering mntnsOf's mount namespace). */
+function reach(args: readonly string[], uid: number, mntnsOf?: number): Promise<Record<string, any>> {
+  const argv = [...(mntnsOf ? [`--mntns-of=${mntnsOf}`] : []), `--uid=${uid}`, `--gid=${uid}`, ...args]
+  return new Promise((res, rej) => execFile(REACH, argv, { env: {} }, (err, stdout, stderr) => {
+    if (err) rej(new Error(`reach ${argv.join(' ')}: ${(stderr || err.message).trim()}`))
+    else res(JSON.parse(stdout) as Record<string, any>)
+  }))
+}
+
+/** A mount point's fstype and options in a process's mount namespace (its /proc/PID/mountinfo). */
+function mountOf(pid: number, mountPoint: string): string | null {
+  const line = readFileSync(`/proc/${pid}/mountinfo`, 'utf8').split('\n').filter((l) => l.split(' ')[4] === mountPoint).at(-1)
+  if (line === undefined) return null
+  const [fstype, , superOpts] = line.slice(line.indexOf(' - ') + 3).split(' ')
+  const mntOpts = line.split(' ')[5]!.split(',')
+  return `${fstype} ${[...mntOpts, ...superOpts!.split(',').filter((o) => o !== 'rw' && o !== 'ro' && !mntOpts.includes(o))].join(',')}`
 }
 
 // ---------------------------------------------------------------------------------------------
 // the demo
 
-let pod: Pod | null = null
+let pod: PodmanPod | null = null
 let interrupted = false
 let cleaning: Promise<void> | null = null
 
 async function demo(keep: boolean): Promise<void> {
   const t0 = Date.now()
-  out(bold('qemu-kube demo: stock libvirt boots a VM through qemu-kube into a pod'))
+  out(bold('qemu-kube demo: stock libvirt boots a VM through qemu-kube into a real podman pod, as the VM\'s own uid'))
   out(dim(`  repo ${REPO}; libvirt ${URI}; ${keep ? '--keep: the VM stays up at the end' : 'everything is undone at the end (--keep to leave it up)'}`))
 
   const leftover = loadState()
@@ -254,6 +276,7 @@ async function demo(keep: boolean): Promise<void> {
   await startLibvirt()
   registeredHere = true
   state.libvirt = true
+  state.daemonsStarted = (['virtlogd', 'libvirtd'] as const).filter((d) => daemonsBefore[d] === null)
   save()
   if (interrupted) throw new Interrupted()
   if (confBefore === qemuConf()) kv(QEMU_CONF, 'already the one qemu-kube needs: left as it is')
@@ -281,50 +304,58 @@ async function demo(keep: boolean): Promise<void> {
     + `machine ${/<machine>([^<]*)<\/machine>/.exec(caps)?.[1] ?? '?'}, ${(caps.match(/<value>/g) ?? []).length} capability values`)
 
   // 5 ------------------------------------------------------------------------------------------
-  step('a pod for the VM: its own namespaces and cgroups, virt-launcher inside, the token on a tmpfs only it sees')
-  await cleanupStale()
+  step('a real pod (podman + runc): virt-launcher from the launcher image, the token as a Secret volume')
+  await cleanupStale() // pods of test runs (or demos) that died without their teardown
+  const it = Date.now()
+  const img = await launcherImage()
+  kv('launcher image', `${img.image} (${img.built ? `built in ${img.seconds.toFixed(1)} s` : 'cached'}, ${Math.round(img.bytes / 1e6)} MB; `
+    + `node, dist/virt-launcher.cjs and QEMU inside; ${secs(Date.now() - it)})`)
   const uuid = randomUUID()
-  // What virt-handler would do: a short-lived single-use token for this VM, put in the pod's Secret.
-  const token = run(front, ['token', 'issue', '--key', `${keys}/signing.key`, '--vm-uuid', uuid, '--vm-name', VM_NAME, '--ttl', '60s']).trim()
-  const podDir = mkdtempSync(`${RUN_DIR}/pod-`) // 0700 root: the launcher writes the fragment with the token here
-  const fragmentFile = `${podDir}/domain-fragment.xml`
-  const readyFile = `${podDir}/ready`
-  state.pod = { cgroup: `demo-${process.pid}` }
+  // What virt-handler would do: a host uid for this VM, a short-lived single-use token binding
+  // it (qemu_uid), put in the pod's Secret volume.
+  const token = run(front, ['token', 'issue', '--key', `${keys}/signing.key`, '--vm-uuid', uuid, '--vm-name', VM_NAME,
+    '--qemu-uid', String(VM_UID), '--ttl', '60s']).trim()
+  // makePodmanPod names its first pod qkt-<pid>-0-<name>: recorded before it exists.
+  state.pod = { name: `qkt-${process.pid}-0-${VM_NAME}`, owner: process.pid }
   save()
-  pod = await makePod({
-    uuid, name: VM_NAME, token, launcherPath: LAUNCHER, launcherArgv0: 'virt-launcher', cgroupName: state.pod.cgroup,
-    extraArgs: ['-emulator', front, '-domain-xml-out', fragmentFile, '-ready-file', readyFile],
-  })
-  state.pod.pid = pod.pid
+  const pt5 = Date.now()
+  pod = await makePodmanPod({ uuid, name: VM_NAME, token, qemuUid: VM_UID, extraArgs: ['-emulator', front, '-domain-xml-out', FRAGMENT_IN_POD] })
+  state.pod = { name: pod.podName, owner: process.pid, id: pod.podId, pid: pod.pid, cgroups: [...pod.podCgroups], secretHostDir: pod.secretHostDir }
   save()
-  await until('the launcher to be ready', () => existsSync(readyFile), 10_000)
-  const fragment = readFileSync(fragmentFile, 'utf8')
-  rmSync(podDir, { recursive: true, force: true })
+  const podMs = Date.now() - pt5
+  // The launcher wrote the fragment (with the token) 0600 in its container: read it from there, then remove it.
+  const fragmentFile = `/proc/${pod.pid}/root${FRAGMENT_IN_POD}`
+  // Its leading comment says where each piece goes (and names the elements): not part of the XML.
+  const fragment = readFileSync(fragmentFile, 'utf8').replace(/<!--[\s\S]*?-->\n?/g, '')
+  rmSync(fragmentFile, { force: true })
   const argv = readFileSync(`/proc/${pod.pid}/cmdline`, 'utf8').split('\0').filter(Boolean)
-  kv('virt-launcher', `pid ${pod.pid}, the pod's long-lived process (dist/virt-launcher: Node under argv[0] virt-launcher):\n`
+  kv('podman pod', `${pod.podName} (${pod.podId.slice(0, 12)}), ${secs(podMs)}; store ${STORE.root}`)
+  kv('virt-launcher', `host pid ${pod.pid}, PID 1 of the container:\n`
     + argv.map((a, i) => (i > 0 && a.startsWith('-') && !a.startsWith('--') ? `\n  ${a}` : ` ${a}`)).join('').trim())
-  kv('pod namespaces', ['mnt', 'net', 'ipc', 'uts', 'cgroup'].map((n) => `${n}:${pod!.ns[n as 'mnt']}`).join(' '))
-  kv('pod cgroup', pod.cgroups.v2 ?? Object.values(pod.cgroups.v1)[0]!)
-  const podMount = run('nsenter', ['-t', String(pod.pid), '-m', '--', 'findmnt', '-n', '-o', 'FSTYPE,OPTIONS', '--target', dirname(SECRET_PATH)]).trim()
-  const podStat = run('nsenter', ['-t', String(pod.pid), '-m', '--', 'stat', '-c', '%s bytes, %U:%G %a', SECRET_PATH]).trim()
-  kv('token in the pod', `${SECRET_PATH}: ${podStat}, on ${podMount}`)
+  kv('pod namespaces', NS_NAMES.map((n) => `${n}:${pod!.ns[n]}`).join(' '))
+  kv('launcher cgroup', pod.cgroups.v2 ?? Object.values(pod.cgroups.v1)[0]!)
+  const tokenInPod = `/proc/${pod.pid}/root${SECRET_PATH}` // relative symlinks only: resolved inside the pod's root
+  const tst = statSync(tokenInPod)
+  kv('token in the pod', `${SECRET_PATH} -> ${readlinkSync(tokenInPod)}: ${tst.size} bytes, ${nameOf('/etc/passwd', tst.uid)}:${nameOf('/etc/group', tst.gid)} `
+    + `${(tst.mode & 0o777).toString(8)}, on ${mountOf(pod.pid, SECRET_PATH.slice(0, SECRET_PATH.lastIndexOf('/')))}`)
   kv('token on the host', existsSync(SECRET_PATH) ? `${SECRET_PATH} exists on the host too (not the pod's)` : `${SECRET_PATH}: no such file`)
   const tokenBytes = /KUBEVIRT_SECRET' value='([^']*)'/.exec(fragment)?.[1]?.length ?? 0
-  kv('launcher\'s fragment', fragment.replace(/(KUBEVIRT_SECRET' value=')[^']*'/, `$1[${tokenBytes}-byte token, not shown]'`).trim()
-    .split('\n').filter((l) => !l.startsWith('<!--')).join('\n'))
+  kv('launcher\'s fragment', `(-domain-xml-out ${FRAGMENT_IN_POD}, read through /proc/${pod.pid}/root, then removed)\n`
+    + fragment.replace(/(KUBEVIRT_SECRET' value=')[^']*'/, `$1[${tokenBytes}-byte token, not shown]'`).trim())
 
   // 6 ------------------------------------------------------------------------------------------
-  step(`define and start "${NAME}" (TCG, 64 MiB, no disk, unix-socket serial console) with the launcher's fragment`)
-  mkdirSync(SERIAL_DIR, { recursive: true, mode: 0o750 })
-  chownSync(SERIAL_DIR, idOf('/etc/passwd', QEMU_USER)!, idOf('/etc/group', QEMU_GROUP)!) // QEMU (the qemu user) makes the socket
-  rmSync(SERIAL, { force: true })
+  step(`define and start "${NAME}" (TCG, 64 MiB, no disk, in-memory serial console) with the launcher's fragment`)
   const emulatorLine = /<emulator>[^<]*<\/emulator>/.exec(fragment)?.[0]
+  const seclabel = /<seclabel[\s\S]*?<\/seclabel>/.exec(fragment)?.[0]
   const commandline = /<qemu:commandline>[\s\S]*<\/qemu:commandline>/.exec(fragment)?.[0]
-  if (!emulatorLine || !commandline) throw new Error('the launcher\'s fragment has no <emulator> or <qemu:commandline>')
-  const xml = domainXml({ name: NAME, uuid, emulator: '@EMULATOR@', serialSocket: SERIAL })
-    .replace(/<emulator>@EMULATOR@<\/emulator>/, emulatorLine)
-    .replace('hvm</type></os>', 'hvm</type><bios useserial=\'yes\'/></os>') // SeaBIOS talks on the serial console
-    .replace('</domain>', `  ${commandline.split('\n').join('\n  ')}\n</domain>`)
+  if (!emulatorLine || !seclabel || !commandline) throw new Error('the launcher\'s fragment lacks <emulator>, <seclabel> or <qemu:commandline>')
+  const withConsole = commandline.replace('<qemu:commandline>', () => ['<qemu:commandline>', ...CONSOLE_ARGS.map((a) => `  <qemu:arg value='${a}'/>`)].join('\n'))
+  const xml = domainXml({ name: NAME, uuid, emulator: '@EMULATOR@' })
+    .replace(/<emulator>@EMULATOR@<\/emulator>/, () => emulatorLine)
+    .replace('</domain>', () => `  ${seclabel}\n  ${withConsole.split('\n').join('\n  ')}\n</domain>`)
+  kv('from the fragment', '<emulator>, <seclabel> (+UID:+UID), <qemu:commandline> with the three <qemu:env>')
+  kv('added', `${CONSOLE_ARGS.map((a) => `<qemu:arg value='${a}'/>`).join(' ')}\n(a ring buffer read over the monitor: a host socket path would not exist in QEMU's mount namespace)`)
+  mkdirSync(RUN_DIR, { recursive: true, mode: 0o755 })
   const xmlFile = `${RUN_DIR}/${NAME}.xml`
   writeFileSync(xmlFile, xml, { mode: 0o600 }) // holds the token: root-only, removed at once
   state.domain = true
@@ -338,15 +369,9 @@ async function demo(keep: boolean): Promise<void> {
   kv('virsh define', `ok (${secs(Date.now() - dt)})`)
   dt = Date.now()
   const logFrom = existsSync(LOG) ? statSync(LOG).size : 0
-  let startDone = false
-  const starting = virsh(['start', NAME]).finally(() => { startDone = true })
-  // Listen on the console as soon as QEMU has made the socket (it waits, stopped, for libvirt's
-  // `cont`): SeaBIOS talks right after it, and a socket console drops what nobody reads.
-  await until('QEMU to create the console socket', () => existsSync(SERIAL) || startDone, 60_000)
-  const consoleText = existsSync(SERIAL) ? readConsole(SERIAL, /No bootable device/, 15_000) : Promise.resolve('')
-  const started = await starting
-  if (started.code !== 0) throw new Error(`virsh start ${NAME}: ${started.stderr.trim()}`)
+  await virshOk(['start', NAME])
   kv('virsh start', `ok (${secs(Date.now() - dt)})`)
+  const consoleText = readConsole(/No bootable device/, 15_000)
 
   // 7 ------------------------------------------------------------------------------------------
   step('the evidence')
@@ -354,15 +379,19 @@ async function demo(keep: boolean): Promise<void> {
   if (qpid === null) throw new Error('libvirt reports no pid for the domain')
   const qs = status(qpid)
   const ids = (s: string) => s.split('\t').join(' ')
+  const who = (file: '/etc/passwd' | '/etc/group', id: number) => {
+    const n = nameOf(file, id)
+    return n === '?' ? (id === VM_UID ? 'the VM\'s own (no passwd entry)' : '(no entry)') : n
+  }
   out(bold('    QEMU'))
   kv('pid', `${qpid}  (libvirt's pidfile /run/libvirt/qemu/${NAME}.pid)`)
-  kv('exe', `${readlinkSync(`/proc/${qpid}/exe`)}  (qemu-kube exec'd it in place: same pid)`)
-  kv('uid (r e s fs)', `${ids(qs.Uid!)}  = ${nameOf('/etc/passwd', Number(qs.Uid!.split('\t')[0]))}`)
-  kv('gid (r e s fs)', `${ids(qs.Gid!)}  = ${nameOf('/etc/group', Number(qs.Gid!.split('\t')[0]))};  groups ${qs.Groups || '(none)'}`)
+  kv('exe', `${readlinkSync(`/proc/${qpid}/exe`)}  (qemu-kube exec'd it in place: same pid; the binary is the pod image's)`)
+  kv('uid (r e s fs)', `${ids(qs.Uid!)}  = ${who('/etc/passwd', Number(qs.Uid!.split('\t')[0]))}: the seclabel +${VM_UID}:+${VM_UID}, the token's qemu_uid`)
+  kv('gid (r e s fs)', `${ids(qs.Gid!)}  = ${who('/etc/group', Number(qs.Gid!.split('\t')[0]))};  groups ${qs.Groups || '(none)'}`)
   kv('capabilities', ['CapInh', 'CapPrm', 'CapEff', 'CapBnd', 'CapAmb'].map((k) => `${k} ${qs[k]}`).join('\n'))
   kv('NoNewPrivs, Seccomp', `${qs.NoNewPrivs}, ${qs.Seccomp} (QEMU's own -sandbox filter)`)
   const env = readFileSync(`/proc/${qpid}/environ`, 'utf8').split('\0').filter(Boolean)
-  kv('environment', `${env.map((e) => e.split('=')[0]).join(' ')}  (no KUBEVIRT_SECRET)`)
+  kv('environment', `${env.map((e) => e.split('=')[0]).join(' ')}  (${env.some((e) => e.startsWith('KUBEVIRT_SECRET=')) ? red('KUBEVIRT_SECRET present') : 'no KUBEVIRT_SECRET'})`)
 
   const row = (cells: readonly string[], widths: readonly number[]) => cells.map((c, i) => (i < widths.length ? c.padEnd(widths[i]!) : c)).join('')
   const NSW = [31, 14, 14, 14]
@@ -371,30 +400,47 @@ async function demo(keep: boolean): Promise<void> {
     const q = nsOf(qpid, n)
     const p = nsOf(pod.pid, n)
     const h = nsOf('self', n)
-    const verdict = q === p && q !== h ? green('QEMU = pod')
-      : q === h ? (n === 'pid' ? 'host: pid is not in the default `namespaces`' : n === 'user' ? 'host: never entered' : red('host')) : red('other')
+    const verdict = n === 'mnt' ? (q !== p && q !== h && p !== h ? green('QEMU own (derived from the pod\'s)') : red('not its own'))
+      : n === 'pid' ? (q === h && p !== h ? 'QEMU = host: libvirt tracks its pid; the launcher has its own' : red('unexpected'))
+        : n === 'user' ? (q === p && q === h ? 'host: never entered' : red('unexpected'))
+          : q === p && q !== h ? green('QEMU = pod') : q === h ? red('host') : red('other')
     out(row([`      ${n}`, String(q), String(p), String(h), verdict], NSW))
   }
 
   const qcg = readFileSync(`/proc/${qpid}/cgroup`, 'utf8').trim().split('\n')
   const pcg = readFileSync(`/proc/${pod.pid}/cgroup`, 'utf8').trim().split('\n')
-  const CGW = [31, 40]
-  out(bold(row(['    cgroups', 'QEMU (host view)'], CGW).trimEnd()))
+  const CGW = [31, 72]
+  out(bold(row(['    cgroups', 'QEMU (host view)'], CGW).trimEnd()) + dim('   (the pod\'s launcher container, /libpod_parent/<pod>/<container>)'))
   for (const line of qcg) {
     const [, hier, path] = /^\d+:([^:]*):(.*)$/.exec(line)!
-    out(row([`      ${hier || '(v2 unified)'}`, path!, pcg.includes(line) ? green('QEMU = pod') : red('differs from the pod')], CGW))
+    out(row([`      ${hier || '(v2 unified)'}`, path!.length > 70 ? `${path!.slice(0, 40)}...${path!.slice(-27)}` : path!, pcg.includes(line) ? green('QEMU = pod') : red('differs from the pod')], CGW))
   }
   const inside = run('nsenter', ['-t', String(qpid), '-C', '--', 'cat', `/proc/${qpid}/cgroup`]).trim().split('\n').at(-1)
   kv('seen from inside', `${inside}  (the pod's cgroup namespace: its own root)`)
 
+  out(bold('    what QEMU sees') + dim(`   (its own mount namespace, entered by reach --mntns-of=${qpid} --uid=${VM_UID} --gid=${VM_UID} --view, as root dropped to ${VM_UID})`))
+  const domDir = readdirSync('/var/lib/libvirt/qemu').find((d) => /^domain-\d+-/.test(d) && d.endsWith(`-${NAME}`.slice(0, 21)))
+  if (domDir === undefined) throw new Error('libvirt made no domain-N-NAME directory')
+  const key = `/var/lib/libvirt/qemu/${domDir}/master-key.aes`
+  const view = await reach(['--view', `--read=${key}`], VM_UID, qpid)
+  kv('/proc/self', `-> ${view.self} (reach's own pid ${view.pid})`)
+  kv('/proc', `${mountOf(qpid, '/proc')}\nlists pids ${JSON.stringify(view.pids)}: QEMU ${qpid} and reach ${view.pid} only (hidepid, one uid per VM)`)
+  kv('/dev', `${mountOf(qpid, '/dev')}\n${(view.dev as string[]).sort().join(' ')}`)
+  kv('its libvirt files', `/var/lib/libvirt/qemu: ${readdirSync(`/proc/${qpid}/root/var/lib/libvirt/qemu`).join(' ') || '(empty)'} (carried in: exactly its domain's)`)
+  kv(`  ${key.slice(key.lastIndexOf('/') + 1)}`, `read as ${VM_UID}: ${view.read[key]}`)
+  const dst = statSync(`/var/lib/libvirt/qemu/${domDir}`)
+  const kst = statSync(key)
+  kv('on the host', `${`/var/lib/libvirt/qemu/${domDir}`}: ${dst.uid}:${dst.gid} ${(dst.mode & 0o7777).toString(8)}, master-key.aes ${kst.uid}:${kst.gid} ${(kst.mode & 0o777).toString(8)}\n(libvirt chowned them to the VM's uid: the DAC seclabel)`)
+  const launcherView = readdirSync(`/proc/${pod.pid}/root/var/lib/libvirt/qemu`)
+  kv('the pod\'s launcher sees', `/proc/${pod.pid}/root/var/lib/libvirt/qemu: ${launcherView.length ? red(launcherView.join(' ')) : green('empty')} (the carried files are QEMU's alone)`)
+
   out(bold('    libvirt\'s view'))
   kv('virsh list', (await virshOk(['list'])).trimEnd())
-  kv('virsh dominfo', (await virshOk(['dominfo', NAME])).split('\n').filter((l) => /^(Id|State|Max memory|CPU\(s\)):/.test(l)).map((l) => l.replace(/\s+/g, ' ')).join('\n'))
+  kv('virsh dominfo', (await virshOk(['dominfo', NAME])).split('\n').filter((l) => /^(Id|State|Max memory|CPU\(s\)|Security DOI|Security label):/.test(l)).map((l) => l.replace(/\s+/g, ' ')).join('\n'))
   kv('query-status', (await virshOk(['qemu-monitor-command', NAME, '{"execute":"query-status"}'])).trim())
-  kv('query-name', (await virshOk(['qemu-monitor-command', NAME, '{"execute":"query-name"}'])).trim())
-  const sock = statSync(SERIAL)
-  const consoleOut = (await consoleText).replace(/\x1b\[[0-9;?]*[A-Za-z]|\x1bc/g, '').split(/\r?\n/).map((l) => l.trim()).filter(Boolean)
-  kv('serial console', `${SERIAL} (socket, made by QEMU as ${nameOf('/etc/passwd', sock.uid)}):\n${consoleOut.length ? consoleOut.map((l) => `| ${l}`).join('\n') : '(no output read)'}`)
+  const consoleOut = (await consoleText).replace(/\x1b\[[0-9;?]*[A-Za-z]|\x1b[c()][0-9A-Za-z]?/g, '').split(/\r?\n/).map((l) => l.trim()).filter(Boolean)
+  kv('serial console', `ringbuf qkcons (virsh qemu-monitor-command --hmp ${NAME} 'ringbuf_read qkcons 65536'):\n`
+    + `${consoleOut.length ? consoleOut.map((l) => `| ${l}`).join('\n') : '(no output read)'}`)
 
   out(bold('    qemu-kube\'s decision') + dim(`  (its one line in ${LOG}; libvirt's own lines there carry the env, token included)`))
   const decision = readFileSync(LOG).subarray(logFrom).toString('utf8').split('\n').find((l) => l.includes('"name":"qemu-kube"'))
@@ -406,6 +452,21 @@ async function demo(keep: boolean): Promise<void> {
     kv('as', `uid ${d.runAs?.uid} gid ${d.runAs?.gid} groups ${JSON.stringify(d.runAs?.groups)}; namespaces ${d.namespaces?.join(',')}`)
     kv('took', `${d.durationMs} ms in qemu-kube's Node stage, from its start to this decision`)
   }
+
+  // 8 ------------------------------------------------------------------------------------------
+  step(`another VM's identity (uid ${OTHER_UID}) tries to reach QEMU ${qpid}: reach --uid=${OTHER_UID} --gid=${OTHER_UID} ${qpid}`)
+  const attack = await reach([String(qpid)], OTHER_UID)
+  const what: Record<string, string> = {
+    root: `opendir /proc/${qpid}/root (its pod's filesystem, the token)`,
+    environ: `read /proc/${qpid}/environ`,
+    mem: 'process_vm_readv of its memory',
+    ptrace: 'PTRACE_ATTACH',
+    kill: 'kill(SIGKILL)',
+  }
+  for (const [k, label] of Object.entries(what)) kv(k, `${attack[k] === 'ok' ? red('ok: REACHED') : green(String(attack[k]))}  ${label}`)
+  await sleep(200)
+  kv('afterwards', `QEMU ${qpid} ${alive(qpid) ? green('still running') : red('GONE')}; domstate ${(await virshOk(['domstate', NAME])).trim()}; `
+    + `query-status ${JSON.parse(await virshOk(['qemu-monitor-command', NAME, '{"execute":"query-status"}'])).return?.status}`)
   stepDone()
 
   if (keep) {
@@ -414,16 +475,18 @@ async function demo(keep: boolean): Promise<void> {
     // The pod uses libvirt for as long as it lives: other users of the helper (tests, another
     // demo) must not stop the daemons under it (test/helpers/libvirt.ts's users/ protocol).
     writeFileSync(`${LIBVIRT_STATE}/users/${pod.pid}`, '')
+    const podmanCmd = `CONTAINERS_CONF=${STORE.conf} podman --root ${STORE.root} --runroot ${STORE.runroot}`
     out(`\n${bold('Left running (--keep).')} Things to try:`)
     out(`      virsh -c ${URI} list`)
     out(`      virsh -c ${URI} qemu-monitor-command ${NAME} '{"execute":"query-status"}'`)
-    out(`      grep -h ^Cap /proc/$(cat /run/libvirt/qemu/${NAME}.pid)/status`)
-    out(`      nsenter -t ${pod.pid} -m -u -n -- sh -c 'hostname; ip -br addr; findmnt ${dirname(SECRET_PATH)}'`)
-    out(`      socat - UNIX-CONNECT:${SERIAL}     # the serial console (if socat is installed)`)
+    out(`      virsh -c ${URI} qemu-monitor-command --hmp ${NAME} 'ringbuf_read qkcons 65536'   # console output since the demo read it`)
+    out(`      grep -h '^Uid\\|^Cap' /proc/$(cat /run/libvirt/qemu/${NAME}.pid)/status`)
+    out(`      ${REACH} --uid=${OTHER_UID} --gid=${OTHER_UID} $(cat /run/libvirt/qemu/${NAME}.pid)`)
+    out(`      ${podmanCmd} pod ps; ... logs ${pod.podName}-launcher`)
     out(`    ${bold('To clean up:')}  bash scripts/demo.sh --cleanup`)
     out('    which does, in order:')
     out(`      virsh -c ${URI} destroy ${NAME}; virsh -c ${URI} undefine ${NAME}; rm -f ${LOG}`)
-    out(`      kill ${pod.pid} (the pod's launcher) and anything left in ${pod.cgroups.v2 ?? Object.values(pod.cgroups.v1)[0]}, then rmdir its cgroups`)
+    out(`      ${podmanCmd} pod rm -f -t 0 ${pod.podName}, then rmdir its cgroups (/libpod_parent/${pod.podId.slice(0, 12)}...) and ${pod.secretHostDir}`)
     out(`      stop the libvirtd/virtlogd the demo started and restore ${QEMU_CONF} (from ${LIBVIRT_STATE})`)
     out(`      rm -rf ${base} ${RUN_DIR}`)
     // Hand the pod, the domain and the daemons over: no last-resort clean-up at exit.
@@ -431,9 +494,47 @@ async function demo(keep: boolean): Promise<void> {
     return
   }
   out(`\n${bold('Undoing everything')}`)
+  const recorded = structuredClone(state)
   cleaning = cleanup(state, { quiet: false })
   await cleaning
-  out(`\n${green('demo: done')} in ${secs(Date.now() - t0)}; nothing of it is left (apt packages, the ${QEMU_USER} user and ${QEMU_GROUP} group stay: they are set-up).`)
+  const left = await leftovers(recorded, confBefore)
+  kv('checked', left.length === 0
+    ? green(`nothing left: no pod ${recorded.pod?.name} in the podman store, none of its ${recorded.pod?.cgroups?.length ?? 0} cgroup directories, `
+      + `no domain ${NAME}, ${libvirtUsers() > 0 ? `libvirt left to its ${libvirtUsers()} other user(s)` : `${QEMU_CONF} as before libvirt was set up`}, no ${RUN_DIR}`)
+    : red(`LEFT: ${left.join('; ')}`))
+  if (left.length > 0) {
+    leftBehind = true
+    out(`\n${red('demo: FAILED')}: its clean-up left something behind (above)`)
+    return
+  }
+  out(`\n${green('demo: done')} in ${secs(Date.now() - t0)}; nothing of it is left (apt packages, the ${QEMU_USER} user and ${QEMU_GROUP} group, `
+    + 'the podman store with its cached launcher image stay: they are set-up).')
+}
+
+const libvirtUsers = () => (existsSync(`${LIBVIRT_STATE}/users`) ? readdirSync(`${LIBVIRT_STATE}/users`).length : 0)
+
+/** What of a demo is still there after its clean-up (empty: nothing). */
+async function leftovers(s: State, confBefore: string | null): Promise<string[]> {
+  const left: string[] = []
+  if (s.pod) {
+    const pods = await podman(['pod', 'ps', '--format', '{{.Name}}'])
+    if (pods.code !== 0) left.push(`podman pod ps failed: ${pods.stderr.trim()}`)
+    else if (pods.stdout.split('\n').includes(s.pod.name)) left.push(`pod ${s.pod.name}`)
+    for (const d of s.pod.cgroups ?? []) if (existsSync(d)) left.push(d)
+    if (s.pod.secretHostDir && existsSync(s.pod.secretHostDir)) left.push(s.pod.secretHostDir)
+  }
+  if (existsSync(`/etc/libvirt/qemu/${NAME}.xml`) || existsSync(`/run/libvirt/qemu/${NAME}.pid`)) left.push(`domain ${NAME}`)
+  // qemu.conf is the libvirt helper's to restore, when its last user stops (tests, a bench, or
+  // this demo may each be that one): with no user left, no backup of the original may be left,
+  // and a conf the demo itself replaced must be back as it was.
+  if (libvirtUsers() === 0) {
+    for (const b of ['qemu.conf.orig', 'qemu.conf.absent']) if (existsSync(`${LIBVIRT_STATE}/${b}`)) left.push(`${LIBVIRT_STATE}/${b} (${QEMU_CONF} not restored)`)
+    const conf = existsSync(QEMU_CONF) ? readFileSync(QEMU_CONF, 'utf8') : null
+    if (confBefore !== qemuConf() && conf !== confBefore) left.push(`${QEMU_CONF} differs from before the demo`)
+  }
+  if (s.base && existsSync(s.base)) left.push(s.base)
+  if (existsSync(RUN_DIR)) left.push(RUN_DIR)
+  return left
 }
 
 function daemonRunning(d: 'virtlogd' | 'libvirtd'): number | null {
@@ -460,35 +561,61 @@ async function removeDomain(): Promise<'destroyed' | 'stopped' | 'absent'> {
   return pid !== null ? 'destroyed' : 'stopped'
 }
 
-const podCgroups = (leaf: string) => hierarchies().map((h) => `${h.mountPoint}/${CGROUP_PARENT}/${leaf}`)
-
-/** Kills what runs in a pod made by an earlier process and removes its cgroups. */
-async function killPod(p: { cgroup: string; pid?: number }): Promise<void> {
-  const dirs = podCgroups(p.cgroup)
-  const procs = () => dirs.flatMap((d) => {
+/** rmdir a cgroup tree bottom-up, retrying while it is busy (up to 5 s). */
+async function rmCgroupTree(dir: string): Promise<void> {
+  if (!existsSync(dir)) return
+  for (const e of readdirSync(dir, { withFileTypes: true })) if (e.isDirectory()) await rmCgroupTree(`${dir}/${e.name}`)
+  for (const end = Date.now() + 5000; existsSync(dir); await sleep(20)) {
     try {
-      return readFileSync(`${d}/cgroup.procs`, 'utf8').split('\n').filter(Boolean).map(Number)
-    } catch {
-      return []
+      rmdirSync(dir)
+    } catch (err) {
+      if (Date.now() > end) throw new Error(`cannot remove ${dir}: ${(err as Error).message}`)
     }
-  })
-  if (p.pid !== undefined && procs().includes(p.pid)) process.kill(p.pid, 'SIGTERM')
-  for (const end = Date.now() + 5000; procs().length > 0 && Date.now() < end; await sleep(20)) {
-    if (Date.now() > end - 3000) for (const q of procs()) try { process.kill(q, 'SIGKILL') } catch { /* gone */ }
   }
-  for (const d of dirs) {
-    for (const end = Date.now() + 5000; existsSync(d); await sleep(20)) {
+}
+
+/** Every pid in a cgroup tree. */
+function procsIn(dir: string): number[] {
+  if (!existsSync(dir)) return []
+  let pids: number[] = []
+  try {
+    pids = readFileSync(`${dir}/cgroup.procs`, 'utf8').split('\n').filter(Boolean).map(Number)
+  } catch {
+    // gone
+  }
+  for (const e of readdirSync(dir, { withFileTypes: true })) if (e.isDirectory()) pids.push(...procsIn(`${dir}/${e.name}`))
+  return pids
+}
+
+/**
+ * Removes a pod another process made (a kept demo, or one that died): `podman pod rm -f -t 0` on
+ * the helper's store, then whatever still runs in its cgroups (SIGKILL), its cgroup directories
+ * (podman leaves them), and its secret directory.
+ */
+async function removeForeignPod(p: NonNullable<State['pod']>): Promise<void> {
+  let id = p.id
+  if (id === undefined) {
+    const r = await podman(['pod', 'inspect', '--format', '{{.Id}}', p.name])
+    if (r.code === 0) id = r.stdout.trim()
+  }
+  const rm = await podman(['pod', 'rm', '-f', '-t', '0', p.name])
+  if (rm.code !== 0 && !/no such pod|no pod with name/i.test(rm.stderr)) throw new Error(`podman pod rm ${p.name}: ${rm.stderr.trim()}`)
+  const dirs = p.cgroups ?? (id ? hierarchies().map((h) => `${h.mountPoint}/libpod_parent/${id}`) : [])
+  for (const end = Date.now() + 5000; dirs.some((d) => procsIn(d).length > 0); await sleep(20)) {
+    if (Date.now() > end) throw new Error(`processes left in ${dirs.join(', ')}: ${dirs.flatMap(procsIn).join(' ')}`)
+    for (const q of dirs.flatMap(procsIn)) {
       try {
-        rmdirSync(d)
-      } catch (err) {
-        if (Date.now() > end) throw new Error(`cannot remove ${d}: ${(err as Error).message}`)
+        process.kill(q, 'SIGKILL')
+      } catch {
+        // gone
       }
     }
-    try {
-      rmdirSync(dirname(d)) // qemu-kube-test/, once empty
-    } catch {
-      // another pod lives there
-    }
+  }
+  for (const d of dirs) await rmCgroupTree(d)
+  if (p.secretHostDir) rmSync(p.secretHostDir, { recursive: true, force: true })
+  // Made before its directory was recorded: the helper names them <owner pid>-XXXXXX.
+  if (!alive(p.owner) && existsSync(STORE.secrets)) {
+    for (const d of readdirSync(STORE.secrets)) if (d.startsWith(`${p.owner}-`)) rmSync(`${STORE.secrets}/${d}`, { recursive: true, force: true })
   }
 }
 
@@ -509,7 +636,6 @@ async function cleanup(s: State, { quiet }: { quiet: boolean }): Promise<void> {
       const how = await removeDomain()
       say('domain', how === 'absent' ? `${NAME}: not defined` : `${NAME}: virsh destroy${how === 'destroyed' ? ' (QEMU exited)' : ''}, virsh undefine`)
       rmSync(LOG, { force: true }) // libvirt logged the <qemu:env> values there, token included
-      rmSync(SERIAL_DIR, { recursive: true, force: true })
       s.domain = false
       save()
     })
@@ -518,9 +644,10 @@ async function cleanup(s: State, { quiet }: { quiet: boolean }): Promise<void> {
   if (s.pod) {
     await attempt('pod', async () => {
       const pid = s.pod!.pid
-      if (pod !== null && pod.pid === pid) await pod.destroy()
-      else await killPod(s.pod!)
-      say('pod', `${pid === undefined ? 'the pod being made' : `virt-launcher ${pid}`} stopped, its cgroups removed`)
+      if (pod !== null && pod.podName === s.pod!.name) await pod.destroy() // the helper's teardown; throws if a cgroup directory is left
+      else await removeForeignPod(s.pod!)
+      say('pod', `${s.pod!.name}${pid === undefined ? ' (being made)' : ` (virt-launcher ${pid})`}: podman pod rm -f -t 0, `
+        + `its ${s.pod!.cgroups?.length ?? 'podman'} cgroup directories and its Secret volume removed`)
       if (pid !== undefined) rmSync(`${LIBVIRT_STATE}/users/${pid}`, { force: true })
       delete s.pod
       save()
@@ -539,7 +666,9 @@ async function cleanup(s: State, { quiet }: { quiet: boolean }): Promise<void> {
       const users = existsSync(`${LIBVIRT_STATE}/users`) ? readdirSync(`${LIBVIRT_STATE}/users`).length : 0
       if (users > 0) say('libvirt', `still used by ${users} other process(es) (tests?): they stop it when done`)
       else {
-        say('libvirt', started.length ? `stopped ${started.join(' and ')} (the demo started them)` : 'daemons left running (they were running before)')
+        const ours = started.every((d) => s.daemonsStarted?.includes(d))
+        say('libvirt', started.length === 0 ? 'daemons left running (they were running before)'
+          : `stopped ${started.join(' and ')} (${ours ? 'the demo started them' : 'started by another user of the libvirt helper; the demo was the last one'})`)
         say(QEMU_CONF, backup ?? 'left as it was')
       }
       s.libvirt = false
@@ -557,7 +686,7 @@ async function cleanup(s: State, { quiet }: { quiet: boolean }): Promise<void> {
   }
   if (errors.length > 0) throw new Error(`clean-up incomplete (${STATE_FILE} kept; run bash scripts/demo.sh --cleanup): ${errors.join('; ')}`)
   for (const f of existsSync(RUN_DIR) ? readdirSync(RUN_DIR) : []) {
-    if (f.startsWith('pod-') || f === 'serial') rmSync(`${RUN_DIR}/${f}`, { recursive: true, force: true })
+    if (f.startsWith('pod-') || f === 'serial' || f === `${NAME}.xml`) rmSync(`${RUN_DIR}/${f}`, { recursive: true, force: true })
   }
   rmSync(STATE_FILE, { force: true })
   try {
@@ -568,6 +697,8 @@ async function cleanup(s: State, { quiet }: { quiet: boolean }): Promise<void> {
 }
 
 let registeredHere = false
+/** The final check found something of the demo left after its clean-up. */
+let leftBehind = false
 /** This process wrote STATE_FILE (so its clean-up is this process's to do). */
 let owner = false
 
@@ -582,8 +713,9 @@ async function main(): Promise<number> {
     process.stderr.write('demo: must run as root (it installs a setuid binary, makes pods, runs libvirtd)\n')
     return 77
   }
-  if (!existsSync(LAUNCHER)) {
-    process.stderr.write(`demo: ${LAUNCHER} is missing: run npm run demo (or bash scripts/setup.sh) first\n`)
+  const noPods = podmanUnavailable()
+  if (noPods !== null || !existsSync(REACH)) {
+    process.stderr.write(`demo: cannot make real pods here: ${noPods ?? `no ${REACH}`}; run npm run demo (or bash scripts/setup.sh) first\n`)
     return 66
   }
 
@@ -633,7 +765,7 @@ async function main(): Promise<number> {
 
   try {
     await demo(args[0] === '--keep')
-    return 0
+    return leftBehind ? 1 : 0
   } catch (err) {
     if (cleaning !== null) await new Promise(() => {}) // the signal handler finishes and exits
     // A child killed by the same signal fails its step: that is the interruption too.
