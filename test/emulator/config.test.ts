@@ -1,7 +1,6 @@
 import t, { type Test } from 'tap'
 import { readFileSync, writeFileSync } from 'node:fs'
 import { loadConfig, parseConfig, schema } from '../../src/emulator/config.ts'
-import { QkError } from '../../src/emulator/errors.ts'
 import { tempDir } from '../helpers/tokens.ts'
 
 const example = new URL('../../etc/qemu-kube.conf', import.meta.url)
