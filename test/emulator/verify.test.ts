@@ -2,7 +2,7 @@
 // launch, and the trail each refusal leaves for the decision line.
 import t, { type Test } from 'tap'
 import { createHash } from 'node:crypto'
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs'
+import { chmodSync, existsSync, readFileSync, mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs'
 import { purgeExpired } from '../../src/emulator/replay.ts'
 import { schema } from '../../src/emulator/config.ts'
 import { sys } from '../../src/emulator/sys.ts'
@@ -55,7 +55,9 @@ t.test('an authorised launch names the pod, its namespaces and cgroups', async (
   t.same(a.cgroups.map((c) => c.dir), ['/sys/fs/cgroup/memory/pods/a', '/sys/fs/cgroup/cpu,cpuacct/pods/a', '/sys/fs/cgroup/systemd/pods/a', '/sys/fs/cgroup/unified/pods/a'])
   t.same(a.qemu, { path: '/usr/bin/qemu-system-x86_64', from: 'pod', argv: inv.argv })
   t.same(trail, { vm: VM, kid: 'k', jti: 'jti-1', target: { pid: 500, startTime: '1500' } })
-  t.equal(readdirSync(`${dir}/state`).length, 1, 'the jti is recorded')
+  t.same(readdirSync(`${dir}/state`).sort(), [createHash('sha256').update('jti-1').digest('hex'), 'uids'].sort(), 'the jti is recorded, and the uid leased')
+  t.same(JSON.parse(readFileSync(`${dir}/state/uids/${VM_UID}`, 'utf8')), { vm: VM.uuid, pid: process.pid, startTime: `${1000 + process.pid}` },
+    'the lease names this VM and this process (which becomes QEMU)')
   await t.rejects(authorise(inv, ctx, {}), { code: 'ERR_TOKEN_REPLAYED' })
 })
 
