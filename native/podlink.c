@@ -121,7 +121,7 @@ static _Noreturn void stop_qemu(int sock, int qemu, unsigned grace_s)
 		gone = errno == ESRCH;
 	if (!gone)
 		gone = wait_exit(qemu, KILL_WAIT_MS);
-	close(sock);
+	(void)close(sock); /* nothing left to do if it fails: our exit closes it anyway */
 	_exit(gone ? 0 : 1);
 }
 
@@ -150,7 +150,7 @@ static int close_all_but(const int keep[3])
 				return -1;
 			unsigned top = rl.rlim_cur > (1u << 20) ? (1u << 20) : (unsigned)rl.rlim_cur;
 			for (unsigned fd = lo; fd < hi && fd < top; fd++)
-				close((int)fd);
+				(void)close((int)fd); /* EBADF for most: not open */
 		}
 		if (i < n)
 			lo = (unsigned)k[i] + 1;
@@ -195,7 +195,7 @@ static _Noreturn void watch(int sock, int qemu, int launcher, unsigned grace_s)
 			stop_qemu(sock, qemu, grace_s);
 		/* QEMU ended by itself (or libvirt ended it): the launcher sees EOF. */
 		if (p[0].revents) {
-			close(sock);
+			(void)close(sock); /* as in stop_qemu */
 			_exit(0);
 		}
 		if (p[1].revents & POLLIN && !(p[1].revents & (POLLHUP | POLLERR))) {

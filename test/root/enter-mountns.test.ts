@@ -65,6 +65,7 @@ interface Opts {
   roots?: string[]
   devices?: string
   podLink?: string
+  stopTimeout?: string
   files?: string[]
 }
 
@@ -76,6 +77,7 @@ function enterArgs(o: Opts = {}): string[] {
     ...(o.mnt === 'pod' || o.mnt === null ? [] : [`--carry=${(o.carry ?? [domA, domB]).join(',')}`, `--carry-roots=${(o.roots ?? [rootA, rootB]).join(',')}`,
       `--devices=${o.devices ?? 'kvm,tun,vhost-net'}`]),
     ...(o.podLink !== undefined ? [`--pod-link=${o.podLink}`] : []),
+    ...(o.stopTimeout !== undefined ? [`--pod-stop-timeout=${o.stopTimeout}`] : []),
     '--', 'qemu-system-x86_64', ...(o.files ?? []),
   ]
 }
@@ -205,6 +207,8 @@ t.test('refusals', async (tt) => {
     refused(t2, enter({ roots: [rootA, `${rootA}/x`] }), 'ERR_ENTER_USAGE', 64, /must not repeat or nest/)
     refused(t2, enter({ devices: 'kvm,sda' }), 'ERR_ENTER_USAGE', 64, /unknown device/)
     refused(t2, enter({ mnt: 'host' }), 'ERR_ENTER_USAGE', 64, /--mnt must be own or pod/)
+    for (const bad of ['3601', '-1', '1.5', '010', ''])
+      refused(t2, enter({ stopTimeout: bad }), 'ERR_ENTER_USAGE', 64, bad === '' ? /option needs a value|bad number/ : /bad number in: --pod-stop-timeout=/)
   })
 })
 
