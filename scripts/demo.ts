@@ -424,7 +424,18 @@ async function demo(keep: boolean): Promise<void> {
   const key = `/var/lib/libvirt/qemu/${domDir}/master-key.aes`
   const view = await reach(['--view', `--read=${key}`], VM_UID, qpid)
   kv('/proc/self', `-> ${view.self} (reach's own pid ${view.pid})`)
-  kv('/proc', `${mountOf(qpid, '/proc')}\nlists pids ${JSON.stringify(view.pids)}: QEMU ${qpid} and reach ${view.pid} only (hidepid, one uid per VM)`)
+  // Named from the host (reach has exited by now); every one must run as the VM's uid.
+  const listed = (view.pids as number[]).map((p) => {
+    if (p === view.pid) return { p, what: 'reach (this probe)', ok: true }
+    try {
+      const uid = Number(status(p).Uid!.split('\t')[0])
+      return { p, what: `${readFileSync(`/proc/${p}/comm`, 'utf8').trim()}${p === qpid ? ' (QEMU)' : ''}, uid ${uid}`, ok: uid === VM_UID }
+    } catch {
+      return { p, what: 'gone', ok: true }
+    }
+  })
+  kv('/proc', `${mountOf(qpid, '/proc')}\nlists ${listed.map((l) => `${l.p} ${l.ok ? l.what : red(l.what)}`).join('; ')}\n`
+    + `${listed.every((l) => l.ok) ? `only the VM's own uid's processes (hidepid=invisible, one uid per VM)` : red('a process of another uid is visible')}`)
   kv('/dev', `${mountOf(qpid, '/dev')}\n${(view.dev as string[]).sort().join(' ')}`)
   kv('its libvirt files', `/var/lib/libvirt/qemu: ${readdirSync(`/proc/${qpid}/root/var/lib/libvirt/qemu`).join(' ') || '(empty)'} (carried in: exactly its domain's)`)
   kv(`  ${key.slice(key.lastIndexOf('/') + 1)}`, `read as ${VM_UID}: ${view.read[key]}`)
