@@ -387,6 +387,25 @@ t.test('the watcher: QEMU ends with its pod\'s launcher', { skip: why ?? false }
     t2.match(await log(), /"msg":"SIGTERM: stopping 0 linked QEMU\(s\), then exiting"/)
   })
 
+  tt.test('the watcher gets SIGTERM (the runtime tearing down the cgroups, or QEMU\'s uid): it stops QEMU first', async (t2) => {
+    const { qemu, watcher, exit, log } = await linked(t2)
+    process.kill(watcher, 'SIGTERM')
+    t2.same(await exit, { code: 0, signal: null }, 'the pause exited 0: it got SIGTERM')
+    t2.notOk(alive(qemu), 'QEMU is gone')
+    await until('the watcher exits', () => !alive(watcher), 3000)
+    for (const end = Date.now() + 5000; !(await log()).includes('a linked QEMU exited') && Date.now() < end;) await new Promise((r) => setTimeout(r, 100))
+    t2.match(await log(), /"msg":"qemu link: a linked QEMU exited","linked":0/)
+  })
+
+  tt.test('the watcher SIGKILLed while QEMU runs: the launcher logs that this QEMU is no longer tied to the pod', async (t2) => {
+    const { qemu, watcher, log } = await linked(t2)
+    process.kill(watcher, 'SIGKILL')
+    const msg = 'qemu link: a watcher closed its link while its QEMU still runs; that QEMU is no longer tied to this pod'
+    for (const end = Date.now() + 5000; !(await log()).includes(msg) && Date.now() < end;) await new Promise((r) => setTimeout(r, 100))
+    t2.match(await log(), new RegExp(`"level":"error".*"msg":"${msg}"`))
+    t2.ok(alive(qemu), 'QEMU runs on: a known limit (docs/CHAIN.md step 10); the pod\'s removal kills it by cgroup')
+  })
+
   // The helper resets every disposition before exec, so the stand-in cannot ignore SIGTERM; a
   // stopped process does not act on it either (it stays pending), and SIGKILL still ends it.
   tt.test('a QEMU that does not end on SIGTERM: SIGKILL after --pod-stop-timeout', async (t2) => {
