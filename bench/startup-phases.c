@@ -11,14 +11,17 @@
  *   F <ns>                  the stand-in QEMU's first instruction (it writes CLOCK_MONOTONIC to fd 1)
  *   X <wait status>
  *
- * <ns> counts from just before the first execve. Run as root (a root tracer keeps setuid).
+ * <ns> counts from just before the first execve. Run as root (a root tracer keeps setuid);
+ * -u UID runs PROGRAM as uid = gid = UID with no supplementary groups (a per-VM caller).
+ * -l DIR: a synthetic /proc for the launched pid, see proc-link.h.
  * -w (x86_64 only) installs a seccomp filter that sends write-family calls to the tracer (and
  * traces every thread): slower, so the bench uses it in separate runs from the phases.
  *
- *   startup-phases [-w] [-e NAME=VALUE]... -- PROGRAM [ARG...]
+ *   startup-phases [-w] [-u UID] [-l DIR] [-e NAME=VALUE]... -- PROGRAM [ARG...]
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
+#include <grp.h>
 #include <limits.h>
 #include <linux/audit.h>
 #include <linux/filter.h>
@@ -36,6 +39,7 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+#include "proc-link.h"
 
 static long long now(void)
 {
@@ -124,11 +128,17 @@ int main(int argc, char **argv)
 {
 	char *env[64];
 	int ne = 0, i = 1, writes = 0;
+	long uid = -1;
+	const char *tree = NULL;
 	for (; i < argc && strcmp(argv[i], "--") != 0; i++) {
 		if (!strcmp(argv[i], "-e") && i + 1 < argc && ne < 63)
 			env[ne++] = argv[++i];
 		else if (!strcmp(argv[i], "-w"))
 			writes = 1;
+		else if (!strcmp(argv[i], "-u") && i + 1 < argc)
+			uid = atol(argv[++i]);
+		else if (!strcmp(argv[i], "-l") && i + 1 < argc)
+			tree = argv[++i];
 		else
 			return 64;
 	}
@@ -156,6 +166,8 @@ int main(int argc, char **argv)
 		if (writes && trace_writes() != 0)
 			_exit(126);
 #endif
+		if (uid >= 0 && (setgroups(0, NULL) != 0 || setresgid(uid, uid, uid) != 0 || setresuid(uid, uid, uid) != 0))
+			_exit(126);
 		execve(argv[i + 1], argv + i + 1, env);
 		_exit(127);
 	}
@@ -166,6 +178,8 @@ int main(int argc, char **argv)
 	int st, final = -1;
 	if (waitpid(pid, &st, 0) != pid || !WIFSTOPPED(st))
 		return 71;
+	if (tree)
+		proc_link(tree, pid);
 	long opts = PTRACE_O_TRACEEXEC | PTRACE_O_EXITKILL;
 	if (writes)
 		opts |= PTRACE_O_TRACESECCOMP | PTRACE_O_TRACESYSGOOD | PTRACE_O_TRACECLONE | PTRACE_O_TRACEFORK | PTRACE_O_TRACEVFORK;
@@ -228,6 +242,8 @@ int main(int argc, char **argv)
 		}
 		ptrace(PTRACE_CONT, w, 0, inject);
 	}
+	if (tree)
+		proc_unlink(tree, pid);
 	char buf[64];
 	size_t got = 0;
 	ssize_t r;
