@@ -41,7 +41,7 @@ export const USAGE = `usage: virt-launcher -kubevirt.vm.uuid UUID -kubevirt.vm.n
   -domain-xml-out FILE   write the domain XML fragment (with the token) there, mode 0600
   -ready-file FILE       touch FILE once the pod is ready
   -qemu-link PATH        unix socket where QEMU hands over its pidfd (default ${DEFAULT_QEMU_LINK}; "" disables)
-  -qemu-stop-timeout S   on SIGTERM, seconds linked QEMUs get before SIGKILL (default 10)
+  -qemu-stop-timeout S   on SIGTERM, how long to wait for the linked QEMUs' watchers to stop them, plus 2 s (default 10)
 Runs until SIGTERM or SIGINT, reaping every child (it is the pod's PID 1); then stops linked QEMUs.`
 
 export function parseArgs(argv: readonly string[]): LauncherArgs {

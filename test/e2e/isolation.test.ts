@@ -80,6 +80,8 @@ t.test('QEMU in a real pod: /proc/self, only its own processes, a minimal /dev, 
 
   const view = await reach(['--view', `--read=${keyA}`, `--read=${keyB}`], a.vm.uid, a.pid)
   t.equal(view.self, String(view.pid), '/proc/self works')
+  // Its own uid's processes: QEMU and this probe. (QEMU's pod-link watcher runs as the same uid
+  // but is not dumpable, so /proc gives it to root and hidepid hides it.)
   t.same([...view.pids].sort((x: number, y: number) => x - y), [a.pid, view.pid].sort((x, y) => x - y),
     '/proc lists only its own processes (hidepid=invisible, one uid per VM)')
   t.same([...view.dev].sort(), ['fd', 'full', 'null', 'ptmx', 'pts', 'random', 'shm', 'stderr', 'stdin', 'stdout', 'tty', 'urandom', 'zero'],

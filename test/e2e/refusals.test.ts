@@ -3,7 +3,7 @@
 // pod, leaves libvirt's state clean, and puts the token in none of qemu-kube's output (libvirt
 // itself logs the <qemu:env> values, so only qemu-kube's JSON lines are checked).
 import t, { type Test } from 'tap'
-import { existsSync } from 'node:fs'
+import { existsSync, readFileSync } from 'node:fs'
 import { domainPid, requireLibvirt } from '../helpers/libvirt.ts'
 import { logSince, logSize, qemuKubeLines, qemuProcesses, setupE2e, until, virsh, type Pod, type Vm } from '../helpers/e2e.ts'
 import { defineAndStart, destroyAndUndefine, domainXml } from '../helpers/libvirt.ts'
@@ -134,8 +134,10 @@ t.test('a second live VM given the uid of a running one: ERR_UID_IN_USE', async 
   t.equal(first.code, 0, `the first VM runs: ${first.stderr}`)
   const offset = logSize(two.name)
   await refused(t, two, [p2], await e.start(two, tok2), 'ERR_UID_IN_USE', offset, tok2)
-  t.ok(domainPid(one.name), 'the first VM still runs')
-  t.same(qemuProcesses(one, [p1]).length, 1)
+  const pid = domainPid(one.name)
+  t.ok(pid, 'the first VM still runs')
+  const comms = qemuProcesses(one, [p1]).map((q) => (q === pid ? 'QEMU' : readFileSync(`/proc/${q}/comm`, 'utf8').trim())).sort()
+  t.same(comms, ['QEMU', 'qemu-kube-watch'], 'in its pod: its QEMU and that QEMU\'s pod-link watcher, nothing of the second VM')
 })
 
 t.test('an argv naming a libvirt file outside the domain\'s directories: ERR_CARRY_OUTSIDE', async (t) => {
