@@ -32,6 +32,7 @@ const table = {
   ERR_TOKEN_UID_MISMATCH: [EX_NOPERM, 'the token binds another host uid (qemu_uid) than the one libvirt ran the emulator as; check the domain\'s <seclabel> against the launcher\'s fragment'],
   ERR_UID_IN_USE: [EX_NOPERM, 'another live VM on this node runs as this uid; the token issuer must give each live VM its own uid from vm_uid_range'],
   ERR_CARRY_OUTSIDE: [EX_NOPERM, 'QEMU\'s argv names a libvirt file outside this domain\'s per-domain directories (domain-N-NAME under libvirt_domain_roots); only those are carried into QEMU\'s mount namespace'],
+  ERR_QEMU_MISSING: [EX_NOPERM, 'the pod\'s image must contain qemu_binary (looked up inside the pod\'s root), as KubeVirt\'s virt-launcher image does'],
   ERR_TOKEN_REPLAYED: [EX_NOPERM, 'each token starts one QEMU; issue a new token for every start'],
   ERR_TARGET_NOT_FOUND: [EX_NOPERM, 'no virt-launcher process carries this VM\'s uuid and name; is the pod running on this node?'],
   ERR_TARGET_AMBIGUOUS: [EX_NOPERM, 'several virt-launcher processes claim this VM; delete the stale pod'],

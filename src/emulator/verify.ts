@@ -17,6 +17,7 @@ import { readFileSync } from 'node:fs'
 import { checkCaller, qemuCredentials, type Caller, type Credentials } from './caller.ts'
 import { carryPlan, type CarryPlan } from './carry.ts'
 import { planJoins, type CgroupJoin } from './cgroup.ts'
+import { checkPodQemu } from './pod-qemu.ts'
 import type { Config, Namespace } from './config.ts'
 import { QkError } from './errors.ts'
 import type { Invocation, Vm } from './invocation.ts'
@@ -97,6 +98,10 @@ export async function authorise(inv: Launch, ctx: VerifyContext, trail: Trail): 
   trail.target = { pid: target.pid, startTime: target.startTime }
 
   const cgroups = planJoins(readPinned(target, 'cgroup', ctx.ops), readFileSync(`${cfg.proc_root}/self/mountinfo`, 'utf8'), cfg.cgroup_root)
+  // The pod's image must hold the QEMU the helper will exec there (pod-qemu.ts says why now).
+  if (cfg.qemu_binary_from === 'pod' && cfg.namespaces.includes('mnt')) {
+    whilePinned(target, ctx.ops, () => checkPodQemu(cfg.proc_root, target.pid, cfg.qemu_binary, ctx.ops))
+  }
 
   // The clock is read again after the record exists (replay.ts says why).
   if (ctx.consume) {

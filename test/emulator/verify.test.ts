@@ -2,13 +2,12 @@
 // launch, and the trail each refusal leaves for the decision line.
 import t, { type Test } from 'tap'
 import { createHash } from 'node:crypto'
-import { chmodSync, existsSync, readFileSync, mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs'
+import { chmodSync, existsSync, readFileSync, readlinkSync, mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs'
 import { purgeExpired } from '../../src/emulator/replay.ts'
 import { schema } from '../../src/emulator/config.ts'
 import { sys } from '../../src/emulator/sys.ts'
 import { authorise, type Trail } from '../../src/emulator/verify.ts'
 import { fakeOps, fakeProc, launcher, statLine } from '../helpers/fakeproc.ts'
-import { execFileSync, spawn } from 'node:child_process'
 import { NOW, NOW_S, VM, VM_UID, rsaKey, sign, tempDir, writeKey } from '../helpers/tokens.ts'
 
 const key = await rsaKey()
@@ -23,6 +22,9 @@ async function setup(t: Test, opts: { podToken?: string; pods?: number; dead?: b
   t.teardown(() => rmSync(podRoot, { recursive: true, force: true }))
   mkdirSync(`${podRoot}/var/run/kubevirt/qemu-kube`, { recursive: true })
   writeFileSync(`${podRoot}${SECRET}`, `${opts.podToken ?? token}\n`)
+  // The pod's image carries QEMU (pod-qemu.ts).
+  mkdirSync(`${podRoot}/usr/bin`, { recursive: true })
+  writeFileSync(`${podRoot}/usr/bin/qemu-system-x86_64`, '', { mode: 0o755 })
   const pods = Array.from({ length: opts.pods ?? 1 }, (_, i) => launcher(500 + i, VM.uuid, VM.name, { root: podRoot }))
   // This process is in the fake /proc too: its uid lease names it (it becomes QEMU).
   const procRoot = fakeProc(t, [{ pid: 1, argv: ['/sbin/init'] }, { pid: process.pid, argv: ['node'] }, ...pods])
@@ -143,37 +145,26 @@ t.test('a used token never makes root scan /proc or open pod files', async (t) =
   t.equal(opened, 0, 'no pod file opened')
 })
 
-// Issue 8 item 3: the command line that matched must belong to the process that is pinned. The
-// launcher's pid is recycled right after its cmdline is read: its /proc/500/cmdline is a FIFO fed
-// by a helper that, before it ends the second read, swaps in the successor's stat (another start
-// time: a process the caller started, with its own command line). Pinning that successor would
-// hand it the VM's launch.
+// Issue 8 item 3: the matched command line was not tied to the pinned process. Here the
+// launcher's pid is recycled at the exact moment it is pinned: pidfd_open(500) returns a pidfd
+// of the successor (another start time, a command line of its own, as a process the caller
+// started would have). Pinning that successor would hand it the VM's launch; every read after
+// pidfd_open sees the successor, so the claim no longer holds.
 t.test('a pid recycled between reading the cmdline and pinning: ERR_TARGET_CHANGED', async (t) => {
   const { ctx, inv } = await setup(t)
   const proc = ctx.config.proc_root
-  mkdirSync(ctx.config.state_dir, { mode: 0o700 })
-  const cmdline = `${['virt-launcher', '-kubevirt.vm.uuid', VM.uuid, '-kubevirt.vm.name', VM.name].join('\0')}\0`
-  writeFileSync(`${proc}/500/stat.next`, statLine({ pid: 500, argv: [], startTime: '9999' }))
-  rmSync(`${proc}/500/cmdline`)
-  execFileSync('mkfifo', [`${proc}/500/cmdline`])
-  const feeder = spawn(process.execPath, ['-e', `
-    const fs = require('node:fs')
-    const [fifo, stat, json] = process.argv.slice(1)
-    const data = JSON.parse(json)
-    // Reads 1 and 2 see the launcher; the successor's stat is swapped in before read 2 ends;
-    // any later read sees the successor's own command line.
-    let n = 0
-    const serve = () => {
-      const fd = fs.openSync(fifo, 'w')
-      n++
-      fs.writeSync(fd, n <= 2 ? data : '/bin/sh\\0')
-      if (n === 2) fs.renameSync(stat + '.next', stat)
-      fs.closeSync(fd)
-      setTimeout(serve, 300)
-    }
-    serve()`, `${proc}/500/cmdline`, `${proc}/500/stat`, JSON.stringify(cmdline)], { stdio: 'ignore' })
-  t.teardown(() => feeder.kill('SIGKILL'))
-  await t.rejects(authorise(inv, ctx, {}), { code: 'ERR_TARGET_CHANGED', message: `target pid 500 changed during the check: its command line no longer claims VM ${VM.uuid}` })
+  const pidfdOpen = ctx.ops.pidfdOpen
+  const ops = {
+    ...ctx.ops,
+    pidfdOpen(pid: number) {
+      if (pid === 500) {
+        writeFileSync(`${proc}/500/stat`, statLine({ pid: 500, argv: [], startTime: '9999' }))
+        writeFileSync(`${proc}/500/cmdline`, '/bin/sh\0')
+      }
+      return pidfdOpen(pid)
+    },
+  }
+  await t.rejects(authorise(inv, { ...ctx, ops }, {}), { code: 'ERR_TARGET_CHANGED', message: `target pid 500 changed during the check: its command line no longer claims VM ${VM.uuid}` })
 })
 
 // Issue 8 item 4: any process (nobody, no token) named virt-launcher with the VM's flags made
@@ -213,4 +204,20 @@ t.test('qemu_binary_from = "host" refuses a dynamically linked QEMU: ERR_CONFIG_
   })
   const fixture = `${import.meta.dirname}/../../dist/native/fixtures/reporter`
   t.equal((await authorise(inv, host(fixture), {})).qemu.from, 'host', 'a static binary is fine')
+})
+
+t.test('a pod whose image lacks qemu_binary is refused before the token is burnt, and explain predicts it', async (t) => {
+  for (const consume of [true, false]) {
+    const { ctx, inv, dir } = await setup(t)
+    const root = readlinkSync(`${ctx.config.proc_root}/500/root`)
+    rmSync(`${root}/usr/bin/qemu-system-x86_64`)
+    await t.rejects(authorise(inv, { ...ctx, consume }, {}), {
+      code: 'ERR_QEMU_MISSING', message: 'qemu_binary /usr/bin/qemu-system-x86_64 is not in pid 500\'s root (errno 2)',
+    })
+    t.notOk(existsSync(`${dir}/state/${createHash('sha256').update('jti-1').digest('hex')}`), `consume ${consume}: no jti recorded`)
+    writeFileSync(`${root}/usr/bin/qemu-system-x86_64`, '', { mode: 0o644 })
+    await t.rejects(authorise(inv, { ...ctx, consume }, {}), {
+      code: 'ERR_QEMU_MISSING', message: 'qemu_binary /usr/bin/qemu-system-x86_64 in pid 500\'s root is not an executable regular file',
+    })
+  }
 })
