@@ -141,7 +141,9 @@ t.test('what the runtime does to a process in the pod\'s cgroups but not its pid
     })
   }
 
-  for (const [ignoreTerm, sig, within] of [[false, 'SIGTERM', 6000], [true, 'SIGKILL', 15_000]] as const) {
+  // Bounds twice what was measured on an idle machine (3.3 s and 8.8 s, docs/PODS.md): the point is
+  // which signal ends it, and that it ends; a loaded CI machine is slower.
+  for (const [ignoreTerm, sig, within] of [[false, 'SIGTERM', 15_000], [true, 'SIGKILL', 30_000]] as const) {
     t.test(`podman pod rm -f -t 0, SIGTERM ${ignoreTerm ? 'ignored' : 'default'}: ${sig}, nothing left after remove()`, async (t) => {
       const pod = await makePodmanPod({ ...vm(), token: 'x.y.z' })
       t.teardown(() => pod.destroy({ leaveStrays: true }))
