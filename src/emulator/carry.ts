@@ -43,14 +43,16 @@ export function carryPlan(argv: readonly string[], roots: readonly string[]): Ca
   return { dirs: [...dirs].sort(), roots: roots.filter((r) => used.has(r)) }
 }
 
+// What may stand right before a path in QEMU's option syntax: the element's start, a JSON
+// string's quote, an option separator, `key=` or `unix:`.
+const BOUNDARY = ['', '"', ',', '=', ':']
+
 /**
  * Every occurrence of ROOT/... in one argv element, up to the characters that end a path in
  * QEMU's option syntax (`,` separates options, `"` ends a JSON string). A path that ends in a
  * backslash, a doubled comma (QEMU's escaped comma) or a control character is refused rather
  * than guessed at.
  */
-const BOUNDARY = ['', '"', ',', '=', ':']
-
 function pathsUnder(arg: string, root: string): string[] {
   const out: string[] = []
   let from = 0
