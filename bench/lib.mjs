@@ -60,3 +60,23 @@ export const fmt = (x, digits = 2) => x.toFixed(digits)
 export function table(head, rows) {
   return [`| ${head.join(' | ')} |`, `|${head.map(() => '---').join('|')}|`, ...rows.map((r) => `| ${r.join(' | ')} |`)].join('\n')
 }
+
+/**
+ * Test helpers (TypeScript under test/helpers/) bundled into one ES module and imported: `contents`
+ * is the module's source, e.g. "export * from './test/helpers/podman.ts'".
+ */
+export async function bundleHelpers(name, contents) {
+  const outfile = `${buildDirectory()}/${name}.mjs`
+  await build({
+    stdin: { contents, resolveDir: ROOT, loader: 'ts', sourcefile: `${name}.ts` },
+    outfile,
+    bundle: true,
+    platform: 'node',
+    target: 'node20',
+    format: 'esm',
+    // The helpers find the repository from their own directory.
+    define: { 'import.meta.dirname': JSON.stringify(`${ROOT}/test/helpers`) },
+    logLevel: 'warning',
+  })
+  return import(pathToFileURL(outfile).href)
+}

@@ -6,26 +6,8 @@
 //                          "virt-launcher" in its own mnt/net/ipc/uts/cgroup namespaces and fresh
 //                          cgroups; nothing listens, so a config for it sets pod_link_socket = "")
 //   hierarchies            every cgroup hierarchy this process is in: { key, version, mountPoint }
-import { build } from 'esbuild'
-import { pathToFileURL } from 'node:url'
-import { buildDirectory, ROOT } from './lib.mjs'
+import { bundleHelpers } from './lib.mjs'
 
-const outfile = `${buildDirectory()}/pod-helpers.mjs`
-await build({
-  stdin: {
-    contents: "export * from './test/helpers/podman.ts'\nexport { hierarchies, makePod as makeUnsharePod } from './test/helpers/pod.ts'\n",
-    resolveDir: ROOT,
-    loader: 'ts',
-    sourcefile: 'bench-pod.ts',
-  },
-  outfile,
-  bundle: true,
-  platform: 'node',
-  target: 'node20',
-  format: 'esm',
-  // Both helpers find the repository from their own directory.
-  define: { 'import.meta.dirname': JSON.stringify(`${ROOT}/test/helpers`) },
-  logLevel: 'warning',
-})
-export const helper = await import(pathToFileURL(outfile).href)
+export const helper = await bundleHelpers('pod-helpers',
+  "export * from './test/helpers/podman.ts'\nexport { hierarchies, makePod as makeUnsharePod } from './test/helpers/pod.ts'\n")
 export const { hierarchies, makeUnsharePod } = helper

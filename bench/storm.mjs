@@ -25,9 +25,8 @@ import { createHash, generateKeyPairSync, randomUUID } from 'node:crypto'
 import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { cpus } from 'node:os'
 import { pathToFileURL } from 'node:url'
-import { build } from 'esbuild'
 import { importPKCS8, SignJWT } from 'jose'
-import { buildDirectory, fmt, median, ROOT, table } from './lib.mjs'
+import { bundleHelpers, fmt, median, ROOT, table } from './lib.mjs'
 
 const SIZES = (process.env.QK_BENCH_STORM_SIZES ?? '1,8,32').split(',').map(Number).filter((n) => n > 0)
 const ROUNDS = Math.max(1, Number(process.env.QK_BENCH_STORM_ROUNDS ?? 3))
@@ -39,26 +38,9 @@ const LOG_DIR = '/var/log/libvirt/qemu'
 // [20000, 29999] and clear of e2e's blocks (20000 + (pid % 249) * 40 + n < 29960).
 const UID_FIRST = 29960
 
-/** test/helpers/{podman,libvirt}.ts bundled as one ES module (they find the repo via import.meta.dirname). */
-async function helpers() {
-  const outfile = `${buildDirectory()}/storm-helpers.mjs`
-  await build({
-    stdin: {
-      contents: "export { cleanupStale, makePodmanPod, podmanUnavailable } from './test/helpers/podman.ts'\nexport * from './test/helpers/libvirt.ts'\n",
-      resolveDir: ROOT,
-      loader: 'ts',
-      sourcefile: 'storm-helpers.ts',
-    },
-    outfile,
-    bundle: true,
-    platform: 'node',
-    target: 'node20',
-    format: 'esm',
-    define: { 'import.meta.dirname': JSON.stringify(`${ROOT}/test/helpers`) },
-    logLevel: 'warning',
-  })
-  return import(pathToFileURL(outfile).href)
-}
+/** test/helpers/{podman,libvirt}.ts as one ES module. */
+const helpers = () => bundleHelpers('storm-helpers',
+  "export { cleanupStale, makePodmanPod, podmanUnavailable } from './test/helpers/podman.ts'\nexport * from './test/helpers/libvirt.ts'\n")
 
 /** The durationMs of qemu-kube's decision lines in a domain log (it holds the token: read, then removed). */
 function decisions(log) {

@@ -48,8 +48,11 @@ const ELOOP = 40
 const EXDEV = 18
 const ENXIO = 6
 
-/** Reads the secret as the pod sees it at `path`. The caller re-checks the pin afterwards. */
-export function readPodSecret(procRoot: string, pid: number, path: string, ops: Openat2, rules: SecretRules): Buffer {
+/**
+ * An O_PATH fd of `path` as pid's mount namespace resolves it (inside its root, symlinks
+ * resolved there, never against the host's root, no magic links), or -errno.
+ */
+export function openInPodRoot(procRoot: string, pid: number, path: string, ops: Openat2): number {
   let root: number
   try {
     root = openSync(`${procRoot}/${pid}/root`, O_PATH | constants.O_DIRECTORY)
@@ -57,12 +60,16 @@ export function readPodSecret(procRoot: string, pid: number, path: string, ops: 
     // The pod may have died this instant; the caller's recheck tells that apart from a bug.
     throw new QkError('ERR_OS', `open(${procRoot}/${pid}/root) failed: ${errnoOf(err) ?? 'error'}`, { pid })
   }
-  let pathFd: number
   try {
-    pathFd = ops.openat2(root, path, O_PATH, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
+    return ops.openat2(root, path, O_PATH, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
   } finally {
     closeSync(root)
   }
+}
+
+/** Reads the secret as the pod sees it at `path`. The caller re-checks the pin afterwards. */
+export function readPodSecret(procRoot: string, pid: number, path: string, ops: Openat2, rules: SecretRules): Buffer {
+  const pathFd = openInPodRoot(procRoot, pid, path, ops)
   if (pathFd < 0) throw openError(-pathFd, path, pid)
   let st: Stats
   try {

@@ -30,6 +30,8 @@ export interface Sys {
   /** read(2) into buf; the count, or -1. */
   read(fd: number, buf: Uint8Array, len: number): number
   close(fd: number): number
+  /** flock(2); 0, or -1 (EWOULDBLOCK with LOCK_NB when another holds it). */
+  flock(fd: number, op: number): number
 }
 
 let cached: Sys | undefined
@@ -48,6 +50,7 @@ function bind(): Sys {
   const openat = libc.func('int openat(int, const void *, int)')
   const read = libc.func('long read(int, void *, unsigned long)')
   const close = libc.func('int close(int)')
+  const flock = libc.func('int flock(int, int)')
   // Anonymous: koffi's type names are process-wide, and a named type could collide.
   const openHow = koffi.struct({ flags: 'uint64', mode: 'uint64', resolve: 'uint64' })
   const openHowPtr = koffi.pointer(openHow)
@@ -83,5 +86,6 @@ function bind(): Sys {
     openatZ: (dirfd, path, flags) => openat(dirfd, path, flags) as number,
     read: (fd, buf, len) => Number(read(fd, buf, len)),
     close: (fd) => close(fd) as number,
+    flock: (fd, op) => flock(fd, op) as number,
   }
 }

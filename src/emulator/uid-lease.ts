@@ -16,8 +16,8 @@
 // launches for its own uid. The lock is taken non-blocking and retried for a bounded time.
 import { closeSync, constants, openSync, readFileSync, renameSync, writeFileSync } from 'node:fs'
 import { QkError, errnoOf } from './errors.ts'
-import { loadKoffi } from './koffi-load.ts'
 import { ensureStateDir } from './replay.ts'
+import { sys } from './sys.ts'
 
 export interface Lease {
   vm: string
@@ -103,15 +103,11 @@ function readLease(path: string): Lease | null {
 
 /** The real kernel calls; tests pass their own. */
 export function leaseOps(procRoot: string): LeaseOps {
-  let flock: ((fd: number, op: number) => number) | undefined
   const LOCK_EX = 2
   const LOCK_NB = 4
   const pause = new Int32Array(new SharedArrayBuffer(4))
   return {
-    tryLock(fd) {
-      flock ??= loadKoffi().load('libc.so.6').func('int flock(int, int)') as (fd: number, op: number) => number
-      return flock(fd, LOCK_EX | LOCK_NB) === 0
-    },
+    tryLock: (fd) => sys().flock(fd, LOCK_EX | LOCK_NB) === 0,
     sleep: (ms) => void Atomics.wait(pause, 0, 0, ms),
     startTimeOf(pid) {
       try {

@@ -146,7 +146,8 @@ function procsOf(dir: string): number[] {
   }
 }
 
-function alive(pid: number): boolean {
+/** The pid exists (kill(pid, 0)); a zombie counts. */
+export function alive(pid: number): boolean {
   try {
     process.kill(pid, 0)
     return true

@@ -22,7 +22,7 @@ import {
   chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, renameSync, rmdirSync, rmSync, symlinkSync, writeFileSync,
 } from 'node:fs'
 import { resolve } from 'node:path'
-import { hierarchies } from './pod.ts'
+import { alive, hierarchies, NS_NAMES, type NsName } from './pod.ts'
 
 export const REPO = resolve(import.meta.dirname, '../..')
 export const STORE = {
@@ -55,8 +55,7 @@ tmp_dir = "${STORE.tmp}"
 `
 
 export type SecretLayout = 'k8s' | 'plain' | 'abs-symlink' | 'fifo' | 'missing'
-export type NsName = 'mnt' | 'net' | 'ipc' | 'uts' | 'cgroup' | 'pid'
-export const NS_NAMES: readonly NsName[] = ['mnt', 'net', 'ipc', 'uts', 'cgroup', 'pid']
+export { NS_NAMES, type NsName }
 
 export interface PodmanPodOptions {
   uuid: string
@@ -439,15 +438,6 @@ function running(pid: number): boolean {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
     return !/^[ZX]/.test(stat.slice(stat.lastIndexOf(')') + 2))
-  } catch {
-    return false
-  }
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0)
-    return true
   } catch {
     return false
   }
