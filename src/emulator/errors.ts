@@ -5,7 +5,9 @@
 
 export const EX_USAGE = 64
 export const EX_SOFTWARE = 70
+export const EX_UNAVAILABLE = 69
 export const EX_OSERR = 71
+export const EX_PROTOCOL = 76
 export const EX_NOPERM = 77
 export const EX_CONFIG = 78
 
@@ -44,6 +46,11 @@ const table = {
   ERR_SECRET_TOO_BIG: [EX_NOPERM, 'the pod\'s secret file is larger than 16 KiB'],
   ERR_SECRET_MISMATCH: [EX_NOPERM, 'the token in the pod differs from KUBEVIRT_SECRET; was the Secret rotated?'],
   ERR_LAUNCHER_UID_MISMATCH: [EX_CONFIG, 'virt-launcher\'s -qemu-uid and its token\'s qemu_uid claim must both be the uid virt-handler allocated for this VM; recreate the pod'],
+  ERR_AGENT_UNAVAILABLE: [EX_UNAVAILABLE, 'proc_root is not this process\'s pid namespace, so only the agent can serve this launch: start `qemu-kube agent` (the DaemonSet\'s agent container) and check its socket'],
+  ERR_AGENT_REQUEST_TOO_BIG: [EX_PROTOCOL, 'an agent request is at most 256 KiB; only the qemu-kube front speaks to the agent'],
+  ERR_AGENT_REQUEST_TRUNCATED: [EX_PROTOCOL, 'the agent request ended before its `end` record; only the qemu-kube front speaks to the agent'],
+  ERR_AGENT_REQUEST_MALFORMED: [EX_PROTOCOL, 'the agent request is not the qk-agent-1 framing of docs/CHAIN.md section 3'],
+  ERR_AGENT_REQUEST_TIMEOUT: [EX_PROTOCOL, 'an agent request must arrive whole within 2 s'],
   ERR_CGROUP_JOIN: [EX_OSERR, 'the kernel refused to move qemu-kube into the pod\'s cgroup; check the path named'],
   ERR_OS: [EX_OSERR, 'a system call failed; the message names it'],
   ERR_INTERNAL: [EX_SOFTWARE, 'this is a bug in qemu-kube; please report it with this line'],
