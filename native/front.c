@@ -9,9 +9,22 @@
  *    libvirt passes its pidfile (fd 5) and QMP monitor (e.g. fd 28) pre-opened, so the fd list
  *    has to be recorded here, before Node runs, and handed to Node on its command line.
  *
- * Order (docs/CHAIN.md section 1): make 0,1,2 exist; record fds; record real ids; wipe the
- * environment; check that every file we are about to trust is root-controlled; then either
- * become fully root (emulator mode) or drop to the caller for good (operator mode) and exec Node.
+ * Steps (main below runs them in this order; docs/CHAIN.md sections 1 and 3):
+ *   1. make 0, 1, 2 exist
+ *   2. record the inherited fds, before this program opens anything
+ *   3. record the caller's real ids and groups
+ *   4. wipe the environment, keeping only KUBEVIRT_VM_UUID, KUBEVIRT_VM_NAME, KUBEVIRT_SECRET
+ *   5. check that every file we are about to trust is root-controlled
+ *   6. operator mode (argv[1] a subcommand): drop to the caller for good and exec Node
+ *   7. emulator mode: no core dumps, no interval timers
+ *   8. become fully root
+ *   9. ask the resident agent (agent-client.c), if its socket is there
+ *  10. authorised: join the cgroups (write "0" to each cgroup.procs fd), print the decision
+ *      line, take QEMU's environment, run the enter steps in-process (enter.c, the enter
+ *      helper's own code); probe: the same without cgroups and pidfd; refused: print the
+ *      decision line and exit with its status
+ *  11. no agent (AGENT=absent) or no usable answer (AGENT=down:REASON): exec Node, the
+ *      standalone chain, which says in its decision line which path served and why
  *
  * Everything the caller controls (argv, env, fds, cwd, umask, rlimits) is hostile. This file
  * makes no NSS calls (the node's libc is unknown); it only deals in numbers.
@@ -27,16 +40,19 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/uio.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <sys/time.h>
 #include <sys/types.h>
 #include <unistd.h>
+#include "agent-client.h"
+#include "enter.h"
 #include "json-error.h"
 
 #if !defined(QK_NODE) || !defined(QK_BUNDLE) || !defined(QK_ENTER) || !defined(QK_KOFFI_NODE) || \
-    !defined(QK_CONFIG)
-#error "build with -DQK_NODE=... -DQK_BUNDLE=... -DQK_ENTER=... -DQK_KOFFI_NODE=... -DQK_CONFIG=... (see native/Makefile)"
+    !defined(QK_CONFIG) || !defined(QK_AGENT_SOCKET)
+#error "build with -DQK_NODE=... -DQK_BUNDLE=... -DQK_ENTER=... -DQK_KOFFI_NODE=... -DQK_CONFIG=... -DQK_AGENT_SOCKET=... (see native/Makefile)"
 #endif
 
 #define MAX_FDS 1024
@@ -44,7 +60,7 @@
 #define MAX_SYMLINKS 40
 
 /* One JSON line on stderr (it lands in libvirt's domain log), then exit. */
-static _Noreturn void die(int status, const char *code, const char *msg, const char *hint)
+_Noreturn void qk_front_die(int status, const char *code, const char *msg, const char *hint)
 {
 	qk_json_error("", code, msg, hint);
 	exit(status);
@@ -55,7 +71,7 @@ static _Noreturn void bail(const char *code, const char *what, const char *hint)
 {
 	char msg[PATH_MAX + 256];
 	snprintf(msg, sizeof(msg), "%s: %s", what, strerror(errno));
-	die(EX_OSERR, code, msg, hint);
+	qk_front_die(EX_OSERR, code, msg, hint);
 }
 
 /* ---- (a) fds 0, 1, 2 --------------------------------------------------------------------- */
@@ -167,7 +183,7 @@ static _Noreturn void unsafe(const char *path, const char *why)
 {
 	char msg[2 * PATH_MAX + 256];
 	snprintf(msg, sizeof(msg), "%s: %s", path, why);
-	die(checking_config ? EX_CONFIG : EX_OSERR, checking_config ? "ERR_CONFIG_UNSAFE" : "ERR_FRONT_UNSAFE_PATH", msg,
+	qk_front_die(checking_config ? EX_CONFIG : EX_OSERR, checking_config ? "ERR_CONFIG_UNSAFE" : "ERR_FRONT_UNSAFE_PATH", msg,
 	    "every file qemu-kube trusts and each directory above it must be root-owned and not "
 	    "writable by group or others; reinstall with scripts/install.sh");
 }
@@ -186,8 +202,12 @@ static void check_owner_mode(const char *shown, const struct stat *st, int allow
 	}
 }
 
-/* Returns 0 when safe, -1 when the final component does not exist and missing_ok is set. */
-static int check_path(const char *path, int missing_ok)
+/*
+ * Returns an O_PATH fd of the final component when safe, -1 when it does not exist and
+ * missing_ok is set. private_dir: the final component must be a directory only root can enter
+ * (the agent's: root-owned, no group or other bits), else a regular file.
+ */
+static int walk_trusted(const char *path, int missing_ok, int private_dir)
 {
 	char todo[2 * PATH_MAX], shown[2 * PATH_MAX], link[PATH_MAX];
 	int links = 0;
@@ -263,13 +283,25 @@ static int check_path(const char *path, int missing_ok)
 			}
 			continue;
 		}
+		if (last && private_dir) {
+			char why[128];
+			if (!S_ISDIR(st.st_mode))
+				unsafe(shown, "not a directory");
+			check_owner_mode(shown, &st, 0);
+			if (st.st_mode & 077) {
+				snprintf(why, sizeof(why), "mode %04o: the agent's directory must be 0700",
+					 (unsigned)(st.st_mode & 07777));
+				unsafe(shown, why);
+			}
+			close(dir);
+			return fd;
+		}
 		if (last) {
 			if (!S_ISREG(st.st_mode))
 				unsafe(shown, "not a regular file");
 			check_owner_mode(shown, &st, 0);
-			close(fd);
 			close(dir);
-			return 0;
+			return fd;
 		}
 		if (!S_ISDIR(st.st_mode))
 			unsafe(shown, "not a directory");
@@ -279,7 +311,264 @@ static int check_path(const char *path, int missing_ok)
 	}
 }
 
-/* ---- helpers for the exec argv ---------------------------------------------------------------- */
+/* Returns 0 when safe, -1 when the final component does not exist and missing_ok is set. */
+static int check_path(const char *path, int missing_ok)
+{
+	int fd = walk_trusted(path, missing_ok, 0);
+	if (fd < 0)
+		return -1;
+	close(fd);
+	return 0;
+}
+
+
+/* ---- 3. and 4.: what the caller is, and what survives of its environment ------------------------ */
+
+struct caller {
+	uid_t ruid;
+	gid_t rgid;
+	gid_t *groups;
+	size_t ngroups;
+};
+
+static void record_caller(struct caller *c)
+{
+	uid_t euid, suid;
+	gid_t egid, sgid;
+	if (getresuid(&c->ruid, &euid, &suid) != 0 || getresgid(&c->rgid, &egid, &sgid) != 0)
+		bail("ERR_FRONT_CREDS", "getresuid/getresgid", "");
+	int n = getgroups(0, NULL);
+	if (n < 0)
+		bail("ERR_FRONT_CREDS", "getgroups", "");
+	c->groups = calloc((size_t)n + 1, sizeof(gid_t));
+	if (c->groups == NULL)
+		bail("ERR_FRONT_CREDS", "calloc", "");
+	n = getgroups(n, c->groups);
+	if (n < 0)
+		bail("ERR_FRONT_CREDS", "getgroups", "");
+	c->ngroups = (size_t)n;
+}
+
+/* The KUBEVIRT_* variables the front kept, as "NAME=VALUE" (the agent's env records). */
+struct kept {
+	char *env[3];
+	size_t n;
+};
+
+/*
+ * Before anything can consult the environment (Node, the dynamic loader of Node, libc locale
+ * code). Only the three variables libvirt's <qemu:env> sets survive; their values are copied
+ * first because clearenv() drops the array that points at them.
+ */
+static void wipe_env(struct kept *k)
+{
+	static const char *const keep[] = {"KUBEVIRT_VM_UUID", "KUBEVIRT_VM_NAME", "KUBEVIRT_SECRET"};
+	char *vals[3];
+	for (size_t i = 0; i < 3; i++) {
+		const char *v = getenv(keep[i]);
+		vals[i] = NULL;
+		if (v != NULL && (vals[i] = strdup(v)) == NULL)
+			bail("ERR_FRONT_ENV", "strdup", "");
+	}
+	if (clearenv() != 0)
+		bail("ERR_FRONT_ENV", "clearenv", "");
+	k->n = 0;
+	for (size_t i = 0; i < 3; i++) {
+		if (vals[i] == NULL)
+			continue;
+		if (setenv(keep[i], vals[i], 1) != 0)
+			bail("ERR_FRONT_ENV", "setenv", "");
+		size_t len = strlen(keep[i]) + strlen(vals[i]) + 2;
+		if ((k->env[k->n] = malloc(len)) == NULL)
+			bail("ERR_FRONT_ENV", "malloc", "");
+		snprintf(k->env[k->n++], len, "%s=%s", keep[i], vals[i]);
+		free(vals[i]);
+	}
+	if (setenv("PATH", SAFE_PATH, 1) != 0)
+		bail("ERR_FRONT_ENV", "setenv PATH", "");
+}
+
+/* ---- 5. trusted files ------------------------------------------------------------------------- */
+
+/*
+ * Everything we hand control to, as root, must be something only root can have changed. The
+ * config may be missing (Node reports that with its own code, exit 78); if it exists it must
+ * pass the same checks, and its directories must, so nobody else can create it later.
+ */
+static void check_trusted(void)
+{
+	check_path(QK_NODE, 0);
+	check_path(QK_BUNDLE, 0);
+	/*
+	 * The bundle's V8 code cache (scripts/code-cache.mjs): bytecode Node runs as root, so it is
+	 * trusted like the bundle. It may be absent (Node then compiles the bundle's source).
+	 */
+	check_path(QK_BUNDLE ".cache", 1);
+	check_path(QK_ENTER, 0);
+	check_path(QK_KOFFI_NODE, 0);
+	checking_config = 1;
+	check_path(QK_CONFIG, 1);
+	checking_config = 0;
+}
+
+/* ---- 6. operator mode ----------------------------------------------------------------------------- */
+
+static _Noreturn void exec_node(char **argv)
+{
+	execv(QK_NODE, argv);
+	bail("ERR_FRONT_EXEC", "execv " QK_NODE, "is Node installed at the path qemu-kube was built for?");
+}
+
+static _Noreturn void operator_mode(int argc, char **argv, const struct caller *c)
+{
+	/*
+	 * Irreversible: drop to the caller for good. Groups and gid first, while euid is 0.
+	 * Without euid 0 (a build that is not installed setuid) there is nothing to drop and
+	 * setgroups would fail; setres[ug]id to the real ids is always allowed.
+	 */
+	if (geteuid() == 0 && setgroups(c->ngroups, c->groups) != 0)
+		bail("ERR_FRONT_DROP", "setgroups", "");
+	if (setresgid(c->rgid, c->rgid, c->rgid) != 0)
+		bail("ERR_FRONT_DROP", "setresgid", "");
+	if (setresuid(c->ruid, c->ruid, c->ruid) != 0)
+		bail("ERR_FRONT_DROP", "setresuid", "");
+	if (c->ruid != 0 && (setresuid(0, 0, 0) == 0 || setuid(0) == 0 || geteuid() == 0)) {
+		errno = EPERM;
+		bail("ERR_FRONT_DROP", "root could be regained after dropping privileges", "");
+	}
+	if (c->rgid != 0 && c->ruid != 0 && setresgid(0, 0, 0) == 0) {
+		errno = EPERM;
+		bail("ERR_FRONT_DROP", "gid 0 could be regained after dropping privileges", "");
+	}
+	char **nargv = calloc((size_t)argc + 3, sizeof(char *));
+	if (nargv == NULL)
+		bail("ERR_FRONT_EXEC", "calloc", "");
+	nargv[0] = (char *)QK_NODE;
+	nargv[1] = (char *)"--no-warnings";
+	nargv[2] = (char *)QK_BUNDLE;
+	for (int i = 1; i < argc; i++)
+		nargv[i + 2] = argv[i];
+	exec_node(nargv);
+}
+
+/* ---- 7. and 8.: emulator mode becomes root ---------------------------------------------------- */
+
+/*
+ * Node (or the enter steps here) will hold the token, the pod secret and the verification keys
+ * in memory as root. With ruid == euid == 0 the kernel marks the process dumpable again after
+ * an exec, and the caller chose RLIMIT_CORE and our cwd: a crash would write those secrets into
+ * a root-owned core file in a directory the caller picked. So no core dumps, and the hard limit
+ * too, so nothing down the chain can raise it without privilege.
+ *
+ * Interval timers survive execve: the caller could arm one so that SIGALRM, SIGVTALRM or
+ * SIGPROF (default action: terminate) kills the root chain at a moment it chose, e.g. between
+ * the replay record and the launch. Disarm all three; nobody but this process can re-arm them
+ * once we are root.
+ */
+static void no_core_no_timers(void)
+{
+	struct rlimit nocore = {0, 0};
+	if (setrlimit(RLIMIT_CORE, &nocore) != 0)
+		bail("ERR_FRONT_RLIMIT", "setrlimit(RLIMIT_CORE, 0)", "");
+	static const int timers[] = {ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF};
+	struct itimerval off = {{0, 0}, {0, 0}};
+	for (size_t i = 0; i < sizeof timers / sizeof timers[0]; i++)
+		if (setitimer(timers[i], &off, NULL) != 0)
+			bail("ERR_FRONT_RLIMIT", "setitimer(0)", "");
+}
+
+/*
+ * Irreversible: become fully root, dropping the caller's supplementary groups; the caller's ids
+ * travel on Node's command line or in the agent's request instead. Groups and gid before uid
+ * (they need euid 0). From here on the caller can no longer signal us (kill(2) compares its
+ * uid with our real and saved uid).
+ */
+static void become_root(void)
+{
+	if (setgroups(0, NULL) != 0)
+		bail("ERR_FRONT_CREDS", "setgroups(0)", "");
+	if (setresgid(0, 0, 0) != 0)
+		bail("ERR_FRONT_CREDS", "setresgid(0,0,0)", "is the front installed setuid root?");
+	if (setresuid(0, 0, 0) != 0)
+		bail("ERR_FRONT_CREDS", "setresuid(0,0,0)", "is the front installed setuid root?");
+}
+
+/* ---- 9. the agent --------------------------------------------------------------------------------- */
+
+/*
+ * The directory is trusted like every other path (an unsafe one is ERR_FRONT_UNSAFE_PATH, no
+ * fallback); absent, it means no agent on this node.
+ */
+static void ask_agent(const struct caller *c, const int *fds, size_t nfds, const struct kept *k, int argc,
+		      char **argv, struct qk_agent_reply *r)
+{
+	char dir[] = QK_AGENT_SOCKET;
+	char *slash = strrchr(dir, '/');
+	*slash = '\0';
+	int dirfd = walk_trusted(dir, 1, 1);
+	if (dirfd < 0) {
+		memset(r, 0, sizeof(*r));
+		r->outcome = QK_AGENT_ABSENT;
+		r->pidfd = -1;
+		return;
+	}
+	struct qk_agent_request rq = {
+		c->ruid, c->rgid, c->groups, c->ngroups, fds, nfds, k->env, k->n, argv + 1, (size_t)argc - 1,
+	};
+	qk_agent_ask(dirfd, slash + 1, &rq, r);
+	close(dirfd);
+}
+
+/* ---- 10. the agent's answer, served here ---------------------------------------------------------- */
+
+/* The decision line and its newline in one write: libvirt's log gets it whole or not at all. */
+static void print_decision(const char *decision)
+{
+	struct iovec v[2] = {{(void *)decision, strlen(decision)}, {(void *)"\n", 1}};
+	size_t want = v[0].iov_len + 1;
+	ssize_t n = writev(2, v, 2);
+	if (n != (ssize_t)want) /* stderr is the caller's: a short write is theirs to lose */
+		return;
+}
+
+/*
+ * Irreversible: "0" moves the writer itself (cgroup v1 and v2 alike), so no pid is ever named;
+ * a pid can be recycled, this process cannot. In the agent's order (v1 hierarchies, then v2).
+ */
+static void join_cgroups(const struct qk_agent_reply *r)
+{
+	for (size_t i = 0; i < r->ncgroups; i++) {
+		if (write(r->cgroups[i], "0", 1) != 1)
+			bail("ERR_FRONT_CGROUP", "write 0 to a cgroup.procs fd from the agent", "");
+		close(r->cgroups[i]);
+	}
+}
+
+/* QEMU's environment, exactly the agent's records (never KUBEVIRT_SECRET: agent-client.c). */
+static void take_env(char **env)
+{
+	if (clearenv() != 0)
+		bail("ERR_FRONT_ENV", "clearenv", "");
+	for (size_t i = 0; env[i] != NULL; i++)
+		if (putenv(env[i]) != 0)
+			bail("ERR_FRONT_ENV", "putenv", "");
+}
+
+/* [qemu-kube-enter, --pidfd=FD, ENTER...]: the enter helper's argv, run in this process. */
+static _Noreturn void enter(const struct qk_agent_reply *r)
+{
+	char pidfd[32];
+	snprintf(pidfd, sizeof(pidfd), "--pidfd=%d", r->pidfd);
+	char **argv = calloc(r->nenter + 3, sizeof(char *));
+	if (argv == NULL)
+		bail("ERR_FRONT_EXEC", "calloc", "");
+	argv[0] = (char *)"qemu-kube-enter";
+	argv[1] = pidfd;
+	memcpy(argv + 2, r->enter, r->nenter * sizeof(char *));
+	qk_enter((int)r->nenter + 2, argv);
+}
+
+/* ---- 11. the standalone chain ------------------------------------------------------------------- */
 
 static char *join_ids(const unsigned *ids, size_t n)
 {
@@ -294,170 +583,27 @@ static char *join_ids(const unsigned *ids, size_t n)
 	return s;
 }
 
-static _Noreturn void exec_node(char **argv)
+/* NODE --no-warnings BUNDLE @front AGENT UID GID GROUPS FDS [QEMU-ARG...] */
+static _Noreturn void standalone(const char *agent, const struct caller *c, const int *fds, size_t nfds, int argc,
+				 char **argv)
 {
-	execv(QK_NODE, argv);
-	bail("ERR_FRONT_EXEC", "execv " QK_NODE, "is Node installed at the path qemu-kube was built for?");
-}
-
-int main(int argc, char **argv)
-{
-	static int fds[MAX_FDS];
-
-	if (argc < 1 || argv[0] == NULL)
-		die(EX_USAGE, "ERR_FRONT_USAGE", "empty argv", "run qemu-kube with an argv[0]");
-
-	/* (a) first: every later message goes to fd 2, every later open takes the lowest free fd. */
-	ensure_stdio();
-
-	/* (b) before anything else is opened, so the list is only what the caller handed us. */
-	size_t nfds = record_fds(fds);
-
-	/* (c) the real ids are the caller's: QEMU runs as them, Node checks them against the config. */
-	uid_t ruid, euid, suid;
-	gid_t rgid, egid, sgid;
-	if (getresuid(&ruid, &euid, &suid) != 0 || getresgid(&rgid, &egid, &sgid) != 0)
-		bail("ERR_FRONT_CREDS", "getresuid/getresgid", "");
-	int ngroups = getgroups(0, NULL);
-	if (ngroups < 0)
-		bail("ERR_FRONT_CREDS", "getgroups", "");
-	gid_t *groups = calloc((size_t)ngroups + 1, sizeof(gid_t));
-	if (groups == NULL)
-		bail("ERR_FRONT_CREDS", "calloc", "");
-	ngroups = getgroups(ngroups, groups);
-	if (ngroups < 0)
-		bail("ERR_FRONT_CREDS", "getgroups", "");
-
-	/*
-	 * (d) Wipe the environment before anything can consult it (Node, the dynamic loader of Node,
-	 * libc locale code). Only the three variables libvirt's <qemu:env> sets survive; their values
-	 * are copied first because clearenv() drops the array that points at them.
-	 */
-	static const char *const keep[] = {"KUBEVIRT_VM_UUID", "KUBEVIRT_VM_NAME", "KUBEVIRT_SECRET"};
-	char *kept[3];
-	for (size_t i = 0; i < 3; i++) {
-		const char *v = getenv(keep[i]);
-		kept[i] = NULL;
-		if (v != NULL && (kept[i] = strdup(v)) == NULL)
-			bail("ERR_FRONT_ENV", "strdup", "");
-	}
-	if (clearenv() != 0)
-		bail("ERR_FRONT_ENV", "clearenv", "");
-	for (size_t i = 0; i < 3; i++)
-		if (kept[i] != NULL && setenv(keep[i], kept[i], 1) != 0)
-			bail("ERR_FRONT_ENV", "setenv", "");
-	if (setenv("PATH", SAFE_PATH, 1) != 0)
-		bail("ERR_FRONT_ENV", "setenv PATH", "");
-
-	/*
-	 * (e) Everything we hand control to, as root, must be something only root can have changed.
-	 * The config may be missing (Node reports that with its own code, exit 78); if it exists it
-	 * must pass the same checks, and its directories must, so nobody else can create it later.
-	 */
-	check_path(QK_NODE, 0);
-	check_path(QK_BUNDLE, 0);
-	/*
-	 * The bundle's V8 code cache (scripts/code-cache.mjs): bytecode Node runs as root, so it is
-	 * trusted like the bundle. It may be absent (Node then compiles the bundle's source).
-	 */
-	check_path(QK_BUNDLE ".cache", 1);
-	check_path(QK_ENTER, 0);
-	check_path(QK_KOFFI_NODE, 0);
-	checking_config = 1;
-	check_path(QK_CONFIG, 1);
-	checking_config = 0;
-
-	/*
-	 * "@front" is how this program tells Node it ran us as root for libvirt; a caller must not
-	 * be able to hand Node that marker with facts of its own choosing, even unprivileged.
-	 */
-	if (argc >= 2 && argv[1][0] == '@')
-		die(EX_USAGE, "ERR_FRONT_USAGE", "arguments starting with '@' are reserved",
-		    "run `qemu-kube help` for the operator commands");
-
-	/* (f) Operator mode: argv[1] is a subcommand such as `explain`. */
-	if (argc >= 2 && argv[1][0] != '-') {
-		/*
-		 * Irreversible: drop to the caller for good. Groups and gid first, while euid is 0.
-		 * Without euid 0 (a build that is not installed setuid) there is nothing to drop and
-		 * setgroups would fail; setres[ug]id to the real ids is always allowed.
-		 */
-		if (geteuid() == 0 && setgroups((size_t)ngroups, groups) != 0)
-			bail("ERR_FRONT_DROP", "setgroups", "");
-		if (setresgid(rgid, rgid, rgid) != 0)
-			bail("ERR_FRONT_DROP", "setresgid", "");
-		if (setresuid(ruid, ruid, ruid) != 0)
-			bail("ERR_FRONT_DROP", "setresuid", "");
-		if (ruid != 0 && (setresuid(0, 0, 0) == 0 || setuid(0) == 0 || geteuid() == 0)) {
-			errno = EPERM;
-			bail("ERR_FRONT_DROP", "root could be regained after dropping privileges", "");
-		}
-		if (rgid != 0 && ruid != 0 && setresgid(0, 0, 0) == 0) {
-			errno = EPERM;
-			bail("ERR_FRONT_DROP", "gid 0 could be regained after dropping privileges", "");
-		}
-		char **nargv = calloc((size_t)argc + 3, sizeof(char *));
-		if (nargv == NULL)
-			bail("ERR_FRONT_EXEC", "calloc", "");
-		nargv[0] = (char *)QK_NODE;
-		nargv[1] = (char *)"--no-warnings";
-		nargv[2] = (char *)QK_BUNDLE;
-		for (int i = 1; i < argc; i++)
-			nargv[i + 2] = argv[i];
-		exec_node(nargv);
-	}
-
-	/*
-	 * Emulator mode. Node will hold the token, the pod secret and the verification keys in
-	 * memory as root. With ruid == euid == 0 after the exec below the kernel marks Node dumpable
-	 * again, and the caller chose RLIMIT_CORE and our cwd: a crash would write those secrets
-	 * into a root-owned core file in a directory the caller picked. So no core dumps, and the
-	 * hard limit too, so nothing down the chain can raise it without privilege.
-	 */
-	struct rlimit nocore = {0, 0};
-	if (setrlimit(RLIMIT_CORE, &nocore) != 0)
-		bail("ERR_FRONT_RLIMIT", "setrlimit(RLIMIT_CORE, 0)", "");
-
-	/*
-	 * Interval timers survive execve: the caller could arm one so that SIGALRM, SIGVTALRM or
-	 * SIGPROF (default action: terminate) kills the root chain at a moment it chose, e.g. between
-	 * the replay record and the launch. Disarm all three before Node runs; nobody but this
-	 * process can re-arm them once we are root.
-	 */
-	static const int timers[] = {ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF};
-	struct itimerval off = {{0, 0}, {0, 0}};
-	for (size_t i = 0; i < sizeof timers / sizeof timers[0]; i++)
-		if (setitimer(timers[i], &off, NULL) != 0)
-			bail("ERR_FRONT_RLIMIT", "setitimer(0)", "");
-
-	char *s_uid = malloc(16), *s_gid = malloc(16);
-	unsigned fdv[MAX_FDS];
+	char s_uid[16], s_gid[16];
+	static unsigned fdv[MAX_FDS];
 	for (size_t i = 0; i < nfds; i++)
 		fdv[i] = (unsigned)fds[i];
-	char *s_groups = join_ids((const unsigned *)groups, (size_t)ngroups);
+	char *s_groups = join_ids((const unsigned *)c->groups, c->ngroups);
 	char *s_fds = join_ids(fdv, nfds);
-	char **nargv = calloc((size_t)argc + 8, sizeof(char *));
-	if (s_uid == NULL || s_gid == NULL || s_groups == NULL || s_fds == NULL || nargv == NULL)
+	char **nargv = calloc((size_t)argc + 9, sizeof(char *));
+	if (s_groups == NULL || s_fds == NULL || nargv == NULL)
 		bail("ERR_FRONT_EXEC", "malloc", "");
-	snprintf(s_uid, 16, "%u", (unsigned)ruid);
-	snprintf(s_gid, 16, "%u", (unsigned)rgid);
-
-	/*
-	 * Irreversible: become fully root, dropping the caller's supplementary groups; the caller's
-	 * ids travel on the command line instead. Groups and gid before uid (they need euid 0).
-	 */
-	if (setgroups(0, NULL) != 0)
-		bail("ERR_FRONT_CREDS", "setgroups(0)", "");
-	if (setresgid(0, 0, 0) != 0)
-		bail("ERR_FRONT_CREDS", "setresgid(0,0,0)", "is the front installed setuid root?");
-	if (setresuid(0, 0, 0) != 0)
-		bail("ERR_FRONT_CREDS", "setresuid(0,0,0)", "is the front installed setuid root?");
-
+	snprintf(s_uid, sizeof(s_uid), "%u", (unsigned)c->ruid);
+	snprintf(s_gid, sizeof(s_gid), "%u", (unsigned)c->rgid);
 	size_t k = 0;
 	nargv[k++] = (char *)QK_NODE;
 	nargv[k++] = (char *)"--no-warnings";
 	nargv[k++] = (char *)QK_BUNDLE;
 	nargv[k++] = (char *)"@front";
+	nargv[k++] = (char *)agent;
 	nargv[k++] = s_uid;
 	nargv[k++] = s_gid;
 	nargv[k++] = s_groups;
@@ -466,4 +612,74 @@ int main(int argc, char **argv)
 		nargv[k++] = argv[i];
 	nargv[k] = NULL;
 	exec_node(nargv);
+}
+
+/* ---- the steps -------------------------------------------------------------------------------------- */
+
+int main(int argc, char **argv)
+{
+	static int fds[MAX_FDS];
+
+	if (argc < 1 || argv[0] == NULL)
+		qk_front_die(EX_USAGE, "ERR_FRONT_USAGE", "empty argv", "run qemu-kube with an argv[0]");
+
+	/* 1. First: every later message goes to fd 2, every later open takes the lowest free fd. */
+	ensure_stdio();
+
+	/* 2. Before anything else is opened, so the list is only what the caller handed us. */
+	size_t nfds = record_fds(fds);
+
+	/* 3. The real ids are the caller's: QEMU runs as them, Node or the agent checks them. */
+	struct caller c;
+	record_caller(&c);
+
+	/* 4. */
+	struct kept k;
+	wipe_env(&k);
+
+	/* 5. */
+	check_trusted();
+
+	/*
+	 * "@front" is how this program tells Node it ran us as root for libvirt; a caller must not
+	 * be able to hand Node that marker with facts of its own choosing, even unprivileged.
+	 */
+	if (argc >= 2 && argv[1][0] == '@')
+		qk_front_die(EX_USAGE, "ERR_FRONT_USAGE", "arguments starting with '@' are reserved",
+		    "run `qemu-kube help` for the operator commands");
+
+	/* 6. argv[1] is a subcommand such as `explain`. */
+	if (argc >= 2 && argv[1][0] != '-')
+		operator_mode(argc, argv, &c);
+
+	/* 7., 8. Emulator mode. */
+	no_core_no_timers();
+	become_root();
+
+	/* 9. */
+	struct qk_agent_reply r;
+	ask_agent(&c, fds, nfds, &k, argc, argv, &r);
+
+	/* 10. Cgroups first: the enter steps' setns(cgroup) and QEMU's first thread must be in them. */
+	switch (r.outcome) {
+	case QK_AGENT_AUTHORISED:
+		join_cgroups(&r);
+		/* fallthrough */
+	case QK_AGENT_PROBE:
+		print_decision(r.decision);
+		take_env(r.env);
+		enter(&r);
+	case QK_AGENT_REFUSED:
+		print_decision(r.decision);
+		exit(r.exit);
+	case QK_AGENT_DOWN: {
+		/* 11. Never silent: Node's decision line carries AGENT. */
+		char agent[48];
+		snprintf(agent, sizeof(agent), "down:%s", r.reason);
+		standalone(agent, &c, fds, nfds, argc, argv);
+	}
+	case QK_AGENT_ABSENT:
+		break;
+	}
+	standalone("absent", &c, fds, nfds, argc, argv);
 }
