@@ -7,10 +7,14 @@
 //   1. the record is made under a temporary name, dated, then link()ed into place: link fails
 //      with EEXIST if the jti is recorded (the kernel arbitrates concurrent launches), and no
 //      record is ever visible undated (a kill before its date would leave one purged at once);
+//      The record's content names its consumer, `PID STARTTIME\n`: the process that becomes
+//      QEMU (the front's, when the agent serves). A record that names the very process asking
+//      (same pid, same start time: the chain execs in place) is its own, not a replay: the agent
+//      recorded it, then died before its reply, and the front fell back to standalone;
 //   2. only then is the clock read again: a purge removes a record only after its token has
 //      expired, so a launch that got its record after such a purge sees that expiry here and is
 //      refused. A token valid at this moment has its record in place until it expires.
-import { closeSync, constants, futimesSync, linkSync, lstatSync, mkdirSync, openSync, readdirSync, unlinkSync, type Stats } from 'node:fs'
+import { closeSync, constants, futimesSync, linkSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, unlinkSync, writeSync, type Stats } from 'node:fs'
 import { createHash, randomBytes } from 'node:crypto'
 import { QkError, errnoOf } from './errors.ts'
 import { dirname } from 'node:path'
@@ -23,13 +27,19 @@ export interface ReplayRecord {
   exp: number
 }
 
+/** The process a launch is for: it becomes QEMU. Named by the replay record and the uid lease. */
+export interface Consumer {
+  pid: number
+  startTime: string
+}
+
 const RECORD = /^[0-9a-f]{64}$/
 const TEMP = /^\.tmp-[0-9a-f]{32}$/
 /** A temporary file older than this belongs to a launch that was killed; it never counts as a record. */
 const TEMP_MAX_AGE_S = 3600
 
 /** Records the jti once; `now` is read after the record exists (see the order above). */
-export function recordOnce(stateDir: string, t: ReplayRecord, now: () => Date, tolerance: number): void {
+export function recordOnce(stateDir: string, t: ReplayRecord, now: () => Date, tolerance: number, consumer: Consumer): void {
   ensureStateDir(stateDir)
   const temp = `${stateDir}/.tmp-${randomBytes(16).toString('hex')}`
   let fd: number
@@ -40,14 +50,16 @@ export function recordOnce(stateDir: string, t: ReplayRecord, now: () => Date, t
   }
   try {
     try {
+      writeSync(fd, consumerLine(consumer))
       futimesSync(fd, t.exp, t.exp)
     } finally {
       closeSync(fd)
     }
     linkSync(temp, recordPath(stateDir, t.jti))
   } catch (err) {
-    if (errnoOf(err) === 'EEXIST') throw replayed(t.jti)
-    throw new QkError('ERR_OS', `cannot record jti in ${stateDir}: ${errnoOf(err) ?? 'error'}`, { stateDir })
+    if (errnoOf(err) !== 'EEXIST') throw new QkError('ERR_OS', `cannot record jti in ${stateDir}: ${errnoOf(err) ?? 'error'}`, { stateDir })
+    // Our own record (see 1. above) goes on to the clock; anyone else's is a replay.
+    if (!namesConsumer(stateDir, t.jti, consumer)) throw replayed(t.jti)
   } finally {
     try {
       unlinkSync(temp)
@@ -63,14 +75,28 @@ export function recordOnce(stateDir: string, t: ReplayRecord, now: () => Date, t
   purgeExpired(stateDir, new Date(late * 1000), tolerance)
 }
 
-/** For `explain`: would this token be refused as replayed? Writes nothing. */
-export function checkNotReplayed(stateDir: string, jti: string): void {
+/** Would this token be refused as replayed (the cheap early answer; `explain`)? Writes nothing. */
+export function checkNotReplayed(stateDir: string, jti: string, consumer?: Consumer): void {
   try {
     lstatSync(recordPath(stateDir, jti))
   } catch {
     return
   }
+  if (consumer !== undefined && namesConsumer(stateDir, jti, consumer)) return
   throw replayed(jti)
+}
+
+function consumerLine(c: Consumer): string {
+  return `${c.pid} ${c.startTime}\n`
+}
+
+/** A record made before records named their consumer (empty) names nobody. */
+function namesConsumer(stateDir: string, jti: string, c: Consumer): boolean {
+  try {
+    return readFileSync(recordPath(stateDir, jti), 'latin1') === consumerLine(c)
+  } catch {
+    return false
+  }
 }
 
 export function purgeExpired(stateDir: string, now: Date, tolerance: number): void {

@@ -35,6 +35,16 @@ export interface Sys {
 }
 
 let cached: Sys | undefined
+let lib: { koffi: typeof import('koffi'); libc: ReturnType<typeof import('koffi').load> } | undefined
+
+/** koffi and libc, loaded once for the process (the agent's socket calls bind more functions on it). */
+export function libc(): NonNullable<typeof lib> {
+  if (lib === undefined) {
+    const koffi = loadKoffi()
+    lib = { koffi, libc: koffi.load('libc.so.6') }
+  }
+  return lib
+}
 
 export function sys(): Sys {
   cached ??= bind()
@@ -42,15 +52,14 @@ export function sys(): Sys {
 }
 
 function bind(): Sys {
-  const koffi = loadKoffi()
-  const libc = koffi.load('libc.so.6')
-  const syscall = libc.func('long syscall(long, ...)')
-  const fcntl = libc.func('int fcntl(int, int, int)')
-  const execve = libc.func('int execve(const char *, const char **, const char **)')
-  const openat = libc.func('int openat(int, const void *, int)')
-  const read = libc.func('long read(int, void *, unsigned long)')
-  const close = libc.func('int close(int)')
-  const flock = libc.func('int flock(int, int)')
+  const { koffi, libc: lc } = libc()
+  const syscall = lc.func('long syscall(long, ...)')
+  const fcntl = lc.func('int fcntl(int, int, int)')
+  const execve = lc.func('int execve(const char *, const char **, const char **)')
+  const openat = lc.func('int openat(int, const void *, int)')
+  const read = lc.func('long read(int, void *, unsigned long)')
+  const close = lc.func('int close(int)')
+  const flock = lc.func('int flock(int, int)')
   // Anonymous: koffi's type names are process-wide, and a named type could collide.
   const openHow = koffi.struct({ flags: 'uint64', mode: 'uint64', resolve: 'uint64' })
   const openHowPtr = koffi.pointer(openHow)

@@ -3,9 +3,11 @@
 // must not let two live VMs share an identity: with one uid, either QEMU could read, ptrace and
 // signal the other. So the node keeps a lease per uid in the state dir:
 //
-//   STATE_DIR/uids/UID       {"vm": uuid, "pid": P, "startTime": T}
+//   STATE_DIR/uids/UID       {"vm": uuid, "name": N, "pid": P, "startTime": T,
+//                             "launcher": {"pid": L, "startTime": LT}}
 //
-// P is this process: the setuid chain execs in place, so P becomes QEMU (with the pid namespace,
+// P is the consumer (replay.ts): the process that becomes QEMU, this one standalone, the front
+// when the agent serves (the setuid chain execs in place, so P becomes QEMU; with the pid namespace,
 // the enter helper stays as QEMU's parent under P), and the lease holds exactly as long as that
 // process lives (pid + start time, so a recycled pid does not keep it). A launch for uid U is
 // refused while U's lease names another VM whose process is alive. A restart of the same VM may
@@ -13,16 +15,22 @@
 //
 // Check and write happen under an exclusive flock on STATE_DIR/uids/UID.lock, one lock per uid:
 // a caller may stop its own setuid chain (SIGSTOP) while it holds the lock, and then blocks only
-// launches for its own uid. The lock is taken non-blocking and retried for a bounded time.
+// launches for its own uid. The lock is taken non-blocking and retried for a bounded time
+// (waitMs); the agent passes 0 and refuses at once, because its retries would sleep on the one
+// thread that serves every other launch. The launcher (the pod's pinned process) and the name
+// are for `qemu-kube status`; leases written before they existed stay valid without them.
 import { closeSync, constants, openSync, readFileSync, renameSync, writeFileSync } from 'node:fs'
 import { QkError, errnoOf } from './errors.ts'
-import { ensureStateDir } from './replay.ts'
+import type { Vm } from './invocation.ts'
+import { ensureStateDir, type Consumer } from './replay.ts'
 import { sys } from './sys.ts'
 
 export interface Lease {
   vm: string
+  name?: string
   pid: number
   startTime: string
+  launcher?: Consumer
 }
 
 export interface LeaseOps {
@@ -35,37 +43,37 @@ export interface LeaseOps {
 
 export interface HeldLease {
   /** Write this launch's lease (call once every other check has passed). */
-  commit(): void
+  commit(launcher: Consumer): void
   release(): void
 }
 
-const LOCK_WAIT_MS = 2000
+export const LOCK_WAIT_MS = 2000
 
-export function acquireUidLease(stateDir: string, uid: number, vm: string, self: Lease, ops: LeaseOps): HeldLease {
+export function acquireUidLease(stateDir: string, uid: number, vm: Vm, self: Consumer, ops: LeaseOps, waitMs = LOCK_WAIT_MS): HeldLease {
   const dir = `${stateDir}/uids`
   ensureStateDir(stateDir)
   ensureStateDir(dir)
   const lockFd = openSync(`${dir}/${uid}.lock`, constants.O_RDWR | constants.O_CREAT | constants.O_NOFOLLOW, 0o600)
   try {
     for (let waited = 0; !ops.tryLock(lockFd); waited += 20) {
-      if (waited >= LOCK_WAIT_MS) {
-        throw new QkError('ERR_UID_IN_USE', `another launch for uid ${uid} has held its lease for over ${LOCK_WAIT_MS} ms`, { uid })
+      if (waitMs === 0) {
+        throw new QkError('ERR_UID_IN_USE', `another launch for uid ${uid} holds its lease lock; the agent does not wait for it`, { uid })
+      }
+      if (waited >= waitMs) {
+        throw new QkError('ERR_UID_IN_USE', `another launch for uid ${uid} has held its lease for over ${waitMs} ms`, { uid })
       }
       ops.sleep(20)
     }
-    const holder = readLease(`${dir}/${uid}`)
-    if (holder !== null && holder.vm !== vm && ops.startTimeOf(holder.pid) === holder.startTime) {
-      throw new QkError('ERR_UID_IN_USE', `uid ${uid} belongs to VM ${holder.vm} while its QEMU (pid ${holder.pid}) lives; this launch is for VM ${vm}`,
-        { uid, holder: holder.vm, holderPid: holder.pid })
-    }
+    checkUidFree(stateDir, uid, vm.uuid, ops)
   } catch (e) {
     closeSync(lockFd) // closing the fd releases the flock
     throw e
   }
   return {
-    commit() {
+    commit(launcher) {
       const temp = `${dir}/${uid}.${self.pid}.tmp`
-      writeFileSync(temp, JSON.stringify({ ...self, vm }), { mode: 0o600, flag: 'w' })
+      const lease: Required<Lease> = { vm: vm.uuid, name: vm.name, pid: self.pid, startTime: self.startTime, launcher: { pid: launcher.pid, startTime: launcher.startTime } }
+      writeFileSync(temp, JSON.stringify(lease), { mode: 0o600, flag: 'w' })
       renameSync(temp, `${dir}/${uid}`)
     },
     release() {
@@ -83,7 +91,7 @@ export function checkUidFree(stateDir: string, uid: number, vm: string, ops: Pic
   }
 }
 
-function readLease(path: string): Lease | null {
+export function readLease(path: string): Lease | null {
   let text: string
   try {
     text = readFileSync(path, 'utf8')
@@ -93,7 +101,9 @@ function readLease(path: string): Lease | null {
   }
   try {
     const l = JSON.parse(text) as Partial<Lease>
-    if (typeof l.vm === 'string' && Number.isSafeInteger(l.pid) && typeof l.startTime === 'string') return l as Lease
+    const launcherOk = l.launcher === undefined || (Number.isSafeInteger(l.launcher.pid) && typeof l.launcher.startTime === 'string')
+    if (typeof l.vm === 'string' && Number.isSafeInteger(l.pid) && typeof l.startTime === 'string'
+      && (l.name === undefined || typeof l.name === 'string') && launcherOk) return l as Lease
   } catch {
     // fall through
   }
@@ -120,9 +130,9 @@ export function leaseOps(procRoot: string): LeaseOps {
   }
 }
 
-/** This process's own lease: it becomes QEMU. */
-export function selfLease(procRoot: string): Omit<Lease, 'vm'> & { vm: '' } {
+/** This process as the consumer (standalone: it becomes QEMU). */
+export function selfConsumer(procRoot: string): Consumer {
   const startTime = leaseOps(procRoot).startTimeOf(process.pid)
-  if (startTime === null) throw new QkError('ERR_OS', `cannot read ${procRoot}/self/stat`)
-  return { vm: '', pid: process.pid, startTime }
+  if (startTime === null) throw new QkError('ERR_OS', `cannot read ${procRoot}/${process.pid}/stat`)
+  return { pid: process.pid, startTime }
 }

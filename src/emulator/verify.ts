@@ -13,6 +13,9 @@
 //   8. replay     record the jti last, so a refused launch never burns a valid token; then
 //                 re-read the clock, so a launch frozen past its token's expiry is refused
 //                 (step 2 already refused a token whose record exists)
+// Steps 7 and 8 name the consumer, the process that becomes QEMU: this one standalone, the
+// front when the agent serves (ctx.consumer). In the agent this runs once per request in one
+// long-lived process, so a refusal after step 3 closes the target's pidfd here.
 import { readFileSync } from 'node:fs'
 import { checkCaller, qemuCredentials, type Caller, type Credentials } from './caller.ts'
 import { carryPlan, type CarryPlan } from './carry.ts'
@@ -22,13 +25,13 @@ import type { Config, Namespace } from './config.ts'
 import { QkError } from './errors.ts'
 import type { Invocation, Vm } from './invocation.ts'
 import { checkHostQemu } from './elf.ts'
-import { loadKeys } from './keys.ts'
+import { loadKeys, type PublicKey } from './keys.ts'
 import { readPinned, whilePinned, type PidfdOps, type Pinned } from './pin.ts'
-import { checkNotReplayed, checkStateDir, recordOnce } from './replay.ts'
+import { checkNotReplayed, checkStateDir, recordOnce, type Consumer } from './replay.ts'
 import { readPodSecret, secretMatches, type Openat2 } from './secret.ts'
 import { findTarget } from './target.ts'
 import { verifyToken } from './token.ts'
-import { acquireUidLease, checkUidFree, leaseOps, selfLease } from './uid-lease.ts'
+import { acquireUidLease, checkUidFree, leaseOps, LOCK_WAIT_MS, selfConsumer } from './uid-lease.ts'
 import type { FileMeta } from './trusted-file.ts'
 
 export interface VerifyContext {
@@ -39,6 +42,12 @@ export interface VerifyContext {
   /** false for `explain`: look, but do not record the jti. */
   consume: boolean
   keyMeta?: FileMeta
+  /** Who the replay record and uid lease name; default this process (standalone). */
+  consumer?: Consumer
+  /** Keys loaded ahead (the agent's, reloaded on SIGHUP); default: read token_public_keys now. */
+  keys?: readonly PublicKey[]
+  /** How long to wait for another launch's uid lock; the agent passes 0 (uid-lease.ts). */
+  lockWaitMs?: number
 }
 
 declare const authorized: unique symbol
@@ -77,12 +86,13 @@ export async function authorise(inv: Launch, ctx: VerifyContext, trail: Trail): 
   if (cfg.qemu_binary_from === 'host') checkHostQemu(cfg.qemu_binary)
   const carry = carryPlan(inv.argv, cfg.libvirt_domain_roots)
 
-  const token = await verifyToken(inv.token, { ...inv.vm, uid: ctx.caller.uid }, policyOf(cfg, ctx.keyMeta), ctx.now())
+  const token = await verifyToken(inv.token, { ...inv.vm, uid: ctx.caller.uid }, policyOf(cfg, ctx), ctx.now())
   trail.kid = token.kid
   trail.jti = token.jti
   // A used token stops here: it never makes root scan /proc or open a pod's files. Step 7 asks
   // again under O_EXCL; this early answer is only the cheap one.
-  checkNotReplayed(cfg.state_dir, token.jti)
+  const consumer = ctx.consumer ?? (ctx.consume ? selfConsumer(cfg.proc_root) : undefined)
+  checkNotReplayed(cfg.state_dir, token.jti, consumer)
 
   // Steps 3 to 5 in one stage: each claimant is pinned before it is read, and counts only if
   // its mount namespace holds this token, so a stranger calling itself virt-launcher cannot
@@ -96,7 +106,18 @@ export async function authorise(inv: Launch, ctx: VerifyContext, trail: Trail): 
   }
   const target = findTarget({ procRoot: cfg.proc_root, launcherName: cfg.launcher_name, ...inv.vm }, ctx.ops, holdsToken)
   trail.target = { pid: target.pid, startTime: target.startTime }
+  try {
+    return finish(inv, ctx, target, token, runAs, carry, consumer)
+  } catch (e) {
+    ctx.ops.close(target.pidfd)
+    throw e
+  }
+}
 
+/** Steps 6 to 8, with the target pinned. */
+function finish(inv: Launch, ctx: VerifyContext, target: Pinned, token: { jti: string; exp: number }, runAs: Credentials,
+  carry: CarryPlan, consumer: Consumer | undefined): Authorized {
+  const cfg = ctx.config
   const cgroups = planJoins(readPinned(target, 'cgroup', ctx.ops), readFileSync(`${cfg.proc_root}/self/mountinfo`, 'utf8'), cfg.cgroup_root)
   // The pod's image must hold the QEMU the helper will exec there (pod-qemu.ts says why now).
   if (cfg.qemu_binary_from === 'pod' && cfg.namespaces.includes('mnt')) {
@@ -104,11 +125,11 @@ export async function authorise(inv: Launch, ctx: VerifyContext, trail: Trail): 
   }
 
   // The clock is read again after the record exists (replay.ts says why).
-  if (ctx.consume) {
-    const lease = acquireUidLease(cfg.state_dir, runAs.uid, inv.vm.uuid, selfLease(cfg.proc_root), leaseOps(cfg.proc_root))
+  if (ctx.consume && consumer !== undefined) {
+    const lease = acquireUidLease(cfg.state_dir, runAs.uid, inv.vm, consumer, leaseOps(cfg.proc_root), ctx.lockWaitMs ?? LOCK_WAIT_MS)
     try {
-      recordOnce(cfg.state_dir, token, ctx.now, cfg.token_clock_tolerance)
-      lease.commit()
+      recordOnce(cfg.state_dir, token, ctx.now, cfg.token_clock_tolerance, consumer)
+      lease.commit(target)
     } finally {
       lease.release()
     }
@@ -132,13 +153,13 @@ export async function authorise(inv: Launch, ctx: VerifyContext, trail: Trail): 
   } as unknown as Authorized
 }
 
-function policyOf(cfg: Config, keyMeta?: FileMeta) {
+function policyOf(cfg: Config, ctx: Pick<VerifyContext, 'keyMeta' | 'keys'>) {
   return {
     issuer: cfg.token_issuer,
     audience: cfg.token_audience,
     algorithms: cfg.token_algorithms,
     maxLifetime: cfg.token_max_lifetime,
     clockTolerance: cfg.token_clock_tolerance,
-    keys: loadKeys(cfg.token_public_keys, keyMeta),
+    keys: ctx.keys ?? loadKeys(cfg.token_public_keys, ctx.keyMeta),
   }
 }

@@ -58,9 +58,47 @@ t.test('an authorised launch names the pod, its namespaces and cgroups', async (
   t.same(a.qemu, { path: '/usr/bin/qemu-system-x86_64', from: 'pod', argv: inv.argv })
   t.same(trail, { vm: VM, kid: 'k', jti: 'jti-1', target: { pid: 500, startTime: '1500' } })
   t.same(readdirSync(`${dir}/state`).sort(), [createHash('sha256').update('jti-1').digest('hex'), 'uids'].sort(), 'the jti is recorded, and the uid leased')
-  t.same(JSON.parse(readFileSync(`${dir}/state/uids/${VM_UID}`, 'utf8')), { vm: VM.uuid, pid: process.pid, startTime: `${1000 + process.pid}` },
-    'the lease names this VM and this process (which becomes QEMU)')
-  await t.rejects(authorise(inv, ctx, {}), { code: 'ERR_TOKEN_REPLAYED' })
+  t.same(JSON.parse(readFileSync(`${dir}/state/uids/${VM_UID}`, 'utf8')),
+    { vm: VM.uuid, name: VM.name, pid: process.pid, startTime: `${1000 + process.pid}`, launcher: { pid: 500, startTime: '1500' } },
+    'the lease names this VM, this process (which becomes QEMU) and the pod\'s launcher')
+  t.equal(readFileSync(`${dir}/state/${createHash('sha256').update('jti-1').digest('hex')}`, 'latin1'), `${process.pid} ${1000 + process.pid}\n`,
+    'the replay record names its consumer')
+  await t.rejects(authorise(inv, { ...ctx, consumer: OTHER }, {}), { code: 'ERR_TOKEN_REPLAYED' })
+})
+
+const OTHER = { pid: 4242, startTime: '31337' }
+
+t.test('the agent names the front as consumer; the front falling back to standalone (same pid and start time) is accepted once more', async (t) => {
+  const { ctx, inv, dir } = await setup(t)
+  const front = { pid: process.pid, startTime: `${1000 + process.pid}` }
+  const a = await authorise(inv, { ...ctx, consumer: front, lockWaitMs: 0 }, {})
+  sys().close(a.target.pidfd)
+  t.equal(readFileSync(`${dir}/state/${createHash('sha256').update('jti-1').digest('hex')}`, 'latin1'), `${front.pid} ${front.startTime}\n`)
+  // The agent recorded it but its reply never arrived: the same process, now standalone.
+  const again = await authorise(inv, ctx, {})
+  t.equal(again.target.pid, 500, 'the standalone chain accepts the record naming itself')
+  const trail: Trail = {}
+  await t.rejects(authorise(inv, { ...ctx, consumer: OTHER }, trail), { code: 'ERR_TOKEN_REPLAYED', message: 'token jti "jti-1" was already used to start a QEMU' },
+    'any other process is refused')
+  t.equal(trail.target, undefined, 'refused before the /proc scan')
+})
+
+t.test('a refusal after the target is pinned closes its pidfd (the agent lives on)', async (t) => {
+  const { ctx, inv } = await setup(t)
+  const closed: number[] = []
+  const opened: number[] = []
+  const ops = {
+    ...ctx.ops,
+    pidfdOpen: (pid: number) => { const fd = ctx.ops.pidfdOpen(pid); opened.push(fd); return fd },
+    close: (fd: number) => (closed.push(fd), ctx.ops.close(fd)),
+  }
+  // The lease is held by another live VM: refused at step 7, after the pin.
+  mkdirSync(`${ctx.config.state_dir}/uids`, { recursive: true, mode: 0o700 })
+  chmodSync(ctx.config.state_dir, 0o700)
+  writeFileSync(`${ctx.config.state_dir}/uids/${VM_UID}`, JSON.stringify({ vm: 'other-vm', pid: 1, startTime: '1001' }))
+  await t.rejects(authorise(inv, { ...ctx, ops, consumer: OTHER }, {}), { code: 'ERR_UID_IN_USE' })
+  t.ok(opened.length > 0, 'the target was pinned')
+  t.same(closed.sort(), opened.sort(), 'every pidfd opened was closed')
 })
 
 t.test('explain (consume: false) records nothing', async (t) => {
@@ -140,7 +178,7 @@ t.test('a used token never makes root scan /proc or open pod files', async (t) =
   let opened = 0
   const ops = { ...ctx.ops, openat2: (d: number, p: string, f: number, r: number) => (opened++, ctx.ops.openat2(d, p, f, r)) }
   const trail: Trail = {}
-  await t.rejects(authorise(inv, { ...ctx, ops }, trail), { code: 'ERR_TOKEN_REPLAYED', message: 'token jti "jti-1" was already used to start a QEMU' })
+  await t.rejects(authorise(inv, { ...ctx, ops, consumer: OTHER }, trail), { code: 'ERR_TOKEN_REPLAYED', message: 'token jti "jti-1" was already used to start a QEMU' })
   t.equal(trail.target, undefined, 'no /proc scan')
   t.equal(opened, 0, 'no pod file opened')
 })
