@@ -99,7 +99,7 @@ function agentDir(mode = 0o700) {
 
 interface Agent { request(): string[]; proc: ChildProcess }
 
-async function startAgent(t: Test, mode: 'reply' | 'cut' | 'stale', reply: string[], extra: string[] = []): Promise<Agent> {
+async function startAgent(t: Test, mode: 'reply' | 'cut' | 'stale' | 'silent', reply: string[], extra: string[] = []): Promise<Agent> {
   const dir = mkdtempSync('/var/tmp/qk-fa-agent-')
   t.teardown(() => rmSync(dir, { recursive: true, force: true }))
   writeFileSync(`${dir}/reply.json`, JSON.stringify(reply))
@@ -216,6 +216,16 @@ t.test('a reply cut short: down:EOF; a garbage reply: down:MALFORMED', async (t)
   agentDir()
   await startAgent(t, 'reply', ['hello', 'world', 'end'])
   standaloneArgv(t, await runFront(QEMU_ARGS), 'down:MALFORMED', QEMU_ARGS)
+})
+
+t.test('an agent that never answers: down:TIMEOUT after 30 s', async (t) => {
+  agentDir()
+  await startAgent(t, 'silent', [])
+  const started = Date.now()
+  const r = await runFront(QEMU_ARGS)
+  const s = (Date.now() - started) / 1000
+  standaloneArgv(t, r, 'down:TIMEOUT', QEMU_ARGS)
+  t.ok(s >= 29.9 && s < 36, `the reply timeout is 30 s (took ${s.toFixed(1)} s)`)
 })
 
 t.test('strict replies: each of these is MALFORMED and falls back', async (t) => {
