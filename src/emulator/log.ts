@@ -7,7 +7,8 @@ import pino, { type Logger } from 'pino'
 
 export type { Logger }
 
-export function makeLogger(level: string = 'info'): Logger {
+/** dest: 2 for the launch path (libvirt's log); the agent logs to 1 (its container's log). */
+export function makeLogger(level: string = 'info', dest: 1 | 2 = 2): Logger {
   return pino(
     {
       name: 'qemu-kube',
@@ -17,6 +18,6 @@ export function makeLogger(level: string = 'info'): Logger {
       formatters: { level: (label) => ({ level: label }) },
       redact: { paths: ['token', 'secret', '*.token', '*.secret', 'KUBEVIRT_SECRET', '*.KUBEVIRT_SECRET'], censor: '[redacted]' },
     },
-    pino.destination({ dest: 2, sync: true }),
+    pino.destination({ dest, sync: true }),
   )
 }

@@ -1,9 +1,11 @@
 // Entry point of the bundle. Two ways in:
-// - `@front UID GID GROUPS FDS QEMU-ARGS...`: the setuid front ran us as root for libvirt
-//   (docs/CHAIN.md). One decision line, then exec of the enter helper, or a refusal and exit.
+// - `@front AGENT UID GID GROUPS FDS QEMU-ARGS...`: the setuid front ran us as root for libvirt
+//   (docs/CHAIN.md), because the agent was absent or gave no usable answer (AGENT says which).
+//   One decision line, then exec of the enter helper, or a refusal and exit.
 // - anything else: an operator command (`explain`, `check-config`, `keygen`, `token issue`),
 //   run with the caller's own credentials.
 // Only this file ends the process.
+import { existsSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { classify } from './invocation.ts'
 import { loadConfig } from './config.ts'
@@ -12,12 +14,14 @@ import { asQkError, QkError } from './errors.ts'
 import { warmCgroupLock } from './cgroup.ts'
 import { handOff, joinCgroups, launchPlan, probePlan } from './handoff.ts'
 import { makeLogger, type Logger } from './log.ts'
-import { CONFIG_PATH } from './paths.ts'
+import { AGENT_SOCKET, CONFIG_PATH } from './paths.ts'
 import { sys } from './sys.ts'
 import { authorise, type Trail } from './verify.ts'
 import type { Caller } from './caller.ts'
 
 interface FrontFacts {
+  /** `absent` or `down:REASON`: why the agent did not serve this launch. */
+  agent: string
   caller: Caller
   fds: number[]
   argv: string[]
@@ -35,40 +39,54 @@ async function emulate(args: readonly string[]): Promise<number> {
   // refused; replay.ts orders its facts so that such a pause gains nothing.)
   for (const s of ['SIGTSTP', 'SIGTTIN', 'SIGTTOU'] as const) process.on(s, () => {})
   const trail: Trail = {}
+  // Known once the front's fields parse; a broken @front line still gets its decision line.
+  let agent = 'unknown'
   try {
     const front = parseFront(args)
+    agent = front.agent
     const config = loadConfig(CONFIG_PATH)
     log.level = config.log_level
     const inv = classify(process.env, front.argv)
     if (inv.kind === 'probe') {
-      decide(log, probeRecord(front.caller.uid, config.probe_qemu_binary))
+      decide(log, probeRecord(front.caller.uid, config.probe_qemu_binary), agent)
       return handOff(probePlan(front.caller, config.probe_qemu_binary, inv.argv, front.fds), sys())
+    }
+    // proc_root of another pid namespace (libvirt in a container without hostPID): our own pid
+    // is not in it, so nothing this process could pin or lease is what it seems; only the agent,
+    // which runs where proc_root is its own, can serve.
+    if (!existsSync(`${config.proc_root}/self`)) {
+      throw new QkError('ERR_AGENT_UNAVAILABLE',
+        `${config.proc_root}/self does not exist, so standalone cannot serve this launch; the agent at ${AGENT_SOCKET} did not (AGENT=${agent})`,
+        { socket: AGENT_SOCKET, agent })
     }
     const lockWarm = warmCgroupLock(config.proc_root, config.cgroup_root)
     const a = await authorise(inv, { config, caller: front.caller, now: () => new Date(), ops: sys(), consume: true }, trail)
     await lockWarm
     joinCgroups(a)
-    decide(log, authorisedRecord(a))
+    decide(log, authorisedRecord(a), agent)
     return handOff(launchPlan(a, front.fds, config), sys())
   } catch (e) {
     const err = asQkError(e)
-    decide(log, refusedRecord(err, trail))
+    decide(log, refusedRecord(err, trail), agent)
     return err.exitCode
   }
 }
 
-function decide(log: Logger, record: ReturnType<typeof authorisedRecord>): void {
+function decide(log: Logger, record: ReturnType<typeof authorisedRecord>, agent: string): void {
   const durationMs = Math.round(Number(process.hrtime.bigint() - started) / 1e4) / 100
-  const fields = { ...record, durationMs }
+  const fields = { ...record, path: 'standalone', agent, durationMs }
   if (record.outcome === 'refused') log.error(fields, 'decision')
   else log.info(fields, 'decision')
 }
 
 const DECIMAL = /^(0|[1-9]\d{0,9})$/
+/** docs/CHAIN.md section 3, Fallback: REASON is one word. */
+const AGENT_STATE = /^(absent|down:[A-Z][A-Z0-9_]{0,31})$/
 
 /** The front wrote these; a mismatch means a broken install, not a hostile caller. */
 function parseFront(args: readonly string[]): FrontFacts {
-  const [uid, gid, groups, fds, ...argv] = args
+  const [agent, uid, gid, groups, fds, ...argv] = args
+  if (agent === undefined || !AGENT_STATE.test(agent)) throw new QkError('ERR_USAGE', '@front: bad AGENT (absent | down:REASON)')
   const list = (s: string | undefined, what: string) => {
     if (s === undefined) throw new QkError('ERR_USAGE', `@front: missing ${what}`)
     if (s === '-' || s === '') return []
@@ -79,7 +97,7 @@ function parseFront(args: readonly string[]): FrontFacts {
   const [u] = list(uid, 'uid')
   const [g] = list(gid, 'gid')
   if (u === undefined || g === undefined) throw new QkError('ERR_USAGE', '@front: bad uid/gid')
-  return { caller: { uid: u, gid: g, groups: list(groups, 'groups') }, fds: list(fds, 'fds'), argv }
+  return { agent, caller: { uid: u, gid: g, groups: list(groups, 'groups') }, fds: list(fds, 'fds'), argv }
 }
 
 async function main(): Promise<number> {
