@@ -26,8 +26,8 @@
  *  11. no agent (AGENT=absent) or no usable answer (AGENT=down:REASON): exec Node, the
  *      standalone chain, which says in its decision line which path served and why
  *
- * Everything the caller controls (argv, env, fds, cwd, umask, rlimits, signals, timing) is hostile. This file
- * makes no NSS calls (the node's libc is unknown); it only deals in numbers.
+ * Everything the caller controls (argv, env, fds, cwd, umask, rlimits, signals, timing) is
+ * hostile. This file makes no NSS calls (the node's libc is unknown); it only deals in numbers.
  */
 #define _GNU_SOURCE
 #include <dirent.h>
