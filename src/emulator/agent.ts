@@ -1,0 +1,313 @@
+// `qemu-kube agent`: the resident verifier (issue 9, docs/CHAIN.md section 3). One long-lived
+// root process per node keeps the config and keys warm and answers the setuid front over a
+// root-only unix socket, one request per connection.
+// Order at start: config and keys (a broken config never listens), umask 077, the socket's
+// directory (root, 0700), a live agent there refuses this one, a stale socket is unlinked,
+// bind, then signals and watches. SIGTERM: stop accepting, let every accepted connection finish
+// (each is bounded: 2 s to send its request, then the answer), resolve 0. SIGHUP, or a change
+// to the config or a key file: reload both; a reload that fails keeps what was loaded.
+// Every peer is a root process, but its bytes are checked as hostile all the same: a broken or
+// stuck front must cost only its own connection.
+import { chmodSync, lstatSync, mkdirSync, unlinkSync, watch, type FSWatcher } from 'node:fs'
+import { createConnection, createServer, type Server, type Socket } from 'node:net'
+import { basename, dirname } from 'node:path'
+import { closeQuietly, answerLaunch, refusal, type AgentState, type Answer } from './agent-launch.ts'
+import { encodeReply, RequestParser, type AgentRequest } from './agent-protocol.ts'
+import { socketOps, type SocketOps } from './agent-socket.ts'
+import { loadConfig } from './config.ts'
+import { asQkError, errnoOf, QkError } from './errors.ts'
+import { loadKeys } from './keys.ts'
+import { makeLogger, type Logger } from './log.ts'
+import { AGENT_SOCKET, CONFIG_PATH } from './paths.ts'
+import type { Consumer } from './replay.ts'
+import { sys } from './sys.ts'
+import { readStat } from './target.ts'
+
+export interface AgentOptions {
+  configPath?: string
+  socketPath?: string
+  log?: Logger
+  /** Whole request deadline, ms (the contract's 2 s; tests may shorten it). */
+  requestTimeoutMs?: number
+  /** Answers status/metrics; until the status helper's modules land, those ops are refused. */
+  ops?: Partial<Record<'status' | 'metrics', (req: AgentRequest, state: AgentState) => Promise<string>>>
+  /** Told of every decision (metrics). */
+  observe?: (d: Answer['decision'], seconds: number) => void
+}
+
+const REQUEST_TIMEOUT_MS = 2000
+const RELOAD_DEBOUNCE_MS = 200
+
+/** Runs until SIGTERM (or SIGINT) and the drain; resolves the exit status. */
+export async function runAgent(o: AgentOptions = {}): Promise<number> {
+  const configPath = o.configPath ?? CONFIG_PATH
+  const socketPath = o.socketPath ?? AGENT_SOCKET
+  const log = o.log ?? makeLogger('info', 1)
+  let state = load(configPath)
+  log.level = state.config.log_level
+
+  process.umask(0o077)
+  prepareDir(dirname(socketPath))
+  await clearStale(socketPath)
+  const server = createServer({ allowHalfOpen: true, pauseOnConnect: false })
+  const live = new Set<Socket>()
+  await listen(server, socketPath)
+  chmodSync(socketPath, 0o600)
+  const ours = lstatSync(socketPath).ino
+  log.info({ socket: socketPath, config: configPath, keys: state.keys.length }, 'agent listening')
+
+  let reloadTimer: NodeJS.Timeout | undefined
+  let watchers: FSWatcher[] = []
+  const reload = (why: string) => {
+    try {
+      state = load(configPath)
+      log.level = state.config.log_level
+      log.info({ why, keys: state.keys.length }, 'agent reloaded config and keys')
+    } catch (e) {
+      const err = asQkError(e)
+      log.error({ why, code: err.code, reason: err.message, hint: err.hint }, 'agent reload failed; keeping the previous config and keys')
+    }
+    watchers = rewatch(watchers, [configPath, ...state.config.token_public_keys], schedule)
+  }
+  const schedule = (why: string) => {
+    clearTimeout(reloadTimer)
+    reloadTimer = setTimeout(() => reload(why), RELOAD_DEBOUNCE_MS)
+  }
+  watchers = rewatch([], [configPath, ...state.config.token_public_keys], schedule)
+  const onHup = () => schedule('SIGHUP')
+  process.on('SIGHUP', onHup)
+
+  const serve = (sock: Socket) => {
+    live.add(sock)
+    sock.on('close', () => {
+      live.delete(sock)
+      if (stopping && live.size === 0) drained()
+    })
+    handle(sock, () => state, log, socketOps(), o)
+  }
+  server.on('connection', serve)
+
+  let stopping = false
+  let drained: () => void = () => {}
+  const done = new Promise<void>((res) => { drained = res })
+  const stop = (signal: string) => {
+    if (stopping) return
+    stopping = true
+    log.info({ signal, inFlight: live.size }, 'agent stopping: no new connections, draining')
+    server.close()
+    if (live.size === 0) drained()
+  }
+  const onTerm = () => stop('SIGTERM')
+  const onInt = () => stop('SIGINT')
+  process.on('SIGTERM', onTerm)
+  process.on('SIGINT', onInt)
+  await done
+  // Ours still (same inode): removed, so the front sees `absent` rather than ECONNREFUSED.
+  try {
+    if (lstatSync(socketPath).ino === ours) unlinkSync(socketPath)
+  } catch {
+    // Already gone.
+  }
+  clearTimeout(reloadTimer)
+  for (const w of watchers) w.close()
+  process.off('SIGHUP', onHup)
+  process.off('SIGTERM', onTerm)
+  process.off('SIGINT', onInt)
+  log.info({}, 'agent stopped')
+  return 0
+}
+
+function load(configPath: string): AgentState {
+  const config = loadConfig(configPath)
+  return { config, keys: loadKeys(config.token_public_keys) }
+}
+
+/** The socket's directory: root's, 0700, not a symlink. */
+function prepareDir(dir: string): void {
+  try {
+    mkdirSync(dir, { mode: 0o700 })
+  } catch (err) {
+    if (errnoOf(err) !== 'EEXIST') throw new QkError('ERR_OS', `cannot create ${dir}: ${errnoOf(err) ?? 'error'}`, { dir })
+  }
+  const st = lstatSync(dir)
+  const owner = process.geteuid?.() ?? 0
+  if (!st.isDirectory() || st.uid !== owner) {
+    throw new QkError('ERR_OS', `${dir} must be a directory owned by uid ${owner}, is ${st.isDirectory() ? `owned by uid ${st.uid}` : 'not a directory'}`, { dir })
+  }
+  chmodSync(dir, 0o700)
+}
+
+/** A live agent keeps its socket; a stale one (nobody listening) is removed; anything else is refused. */
+async function clearStale(path: string): Promise<void> {
+  let st
+  try {
+    st = lstatSync(path)
+  } catch {
+    return
+  }
+  if (!st.isSocket()) throw new QkError('ERR_OS', `${path} exists and is not a socket; remove it by hand`, { path })
+  const alive = await new Promise<boolean>((res) => {
+    const c = createConnection(path)
+    c.on('connect', () => { c.destroy(); res(true) })
+    c.on('error', () => res(false))
+  })
+  if (alive) throw new QkError('ERR_OS', `another qemu-kube agent listens on ${path}; stop it first`, { path })
+  unlinkSync(path)
+}
+
+function listen(server: Server, path: string): Promise<void> {
+  return new Promise((res, rej) => {
+    server.once('error', (err) => rej(new QkError('ERR_OS', `cannot listen on ${path}: ${errnoOf(err) ?? 'error'}`, { path })))
+    server.listen(path, () => res())
+  })
+}
+
+/**
+ * Watches the directories (an atomic replace by rename changes the file's inode, which a watch
+ * on the file itself would miss), filtered by the names we read.
+ */
+function rewatch(old: FSWatcher[], files: readonly string[], changed: (why: string) => void): FSWatcher[] {
+  for (const w of old) w.close()
+  const byDir = new Map<string, Set<string>>()
+  for (const f of files) {
+    const names = byDir.get(dirname(f)) ?? new Set<string>()
+    names.add(basename(f))
+    byDir.set(dirname(f), names)
+  }
+  const watchers: FSWatcher[] = []
+  for (const [dir, names] of byDir) {
+    try {
+      const w = watch(dir, { persistent: false }, (_event, name) => {
+        if (name === null || names.has(String(name))) changed(`${dir}/${name ?? '?'} changed`)
+      })
+      w.on('error', () => {})
+      watchers.push(w)
+    } catch {
+      // A directory that cannot be watched still reloads on SIGHUP.
+    }
+  }
+  return watchers
+}
+
+/** One connection: who, the request (bounded), the answer, the fds closed. */
+function handle(sock: Socket, current: () => AgentState, log: Logger, net: SocketOps, o: AgentOptions): void {
+  const started = process.hrtime.bigint()
+  const fd = (sock as unknown as { _handle: { fd: number } })._handle.fd
+  let answered = false
+  const parser = new RequestParser()
+  const timeoutMs = o.requestTimeoutMs ?? REQUEST_TIMEOUT_MS
+  let received = 0
+  const deadline = setTimeout(() => {
+    finish(refusal(new QkError('ERR_AGENT_REQUEST_TIMEOUT', `expected the whole request within ${timeoutMs} ms, got ${received} bytes`)))
+  }, timeoutMs)
+  sock.on('error', () => {})
+
+  let peer: { pid: number; pidfd: number; front: Consumer } | undefined
+  // status/metrics are no launch decisions: logged as their op, not counted in the metrics.
+  let op: AgentRequest['op'] | undefined
+  const finish = (a: Answer, fdsToClose: number[] = a.fds) => {
+    if (answered) return
+    answered = true
+    clearTimeout(deadline)
+    // Whatever the peer still sends is read and dropped, so a peer stuck in its write sees the
+    // answer; the connection ends with the reply (or the deadline's destroy below).
+    sock.removeAllListeners('data')
+    sock.on('data', () => {})
+    const seconds = Number(process.hrtime.bigint() - started) / 1e9
+    const fields = { ...a.decision, durationMs: Math.round(seconds * 1e5) / 100, peer: peer?.pid }
+    const what = op === 'status' || op === 'metrics' ? op : 'decision'
+    if (a.decision.outcome === 'refused') log.error(fields, what)
+    else if (a.reply.outcome === 'ok') log.info({ op, outcome: 'ok', durationMs: fields.durationMs, peer: peer?.pid }, what)
+    else log.info(fields, what)
+    if (what === 'decision') o.observe?.(a.decision, seconds)
+    try {
+      send(sock, fd, encodeReply(a.reply), a.fds, net, log)
+    } finally {
+      for (const f of fdsToClose) closeQuietly(f)
+      if (peer !== undefined && peer.pidfd >= 0) closeQuietly(peer.pidfd)
+      sock.end()
+      setTimeout(() => sock.destroy(), 2000).unref()
+    }
+  }
+
+  try {
+    peer = who(fd, net, current().config.proc_root)
+  } catch (e) {
+    finish(refusal(e))
+    return
+  }
+
+  sock.on('data', (chunk: Buffer) => {
+    received += chunk.length
+    let req: AgentRequest | undefined
+    try {
+      req = parser.push(chunk)
+    } catch (e) {
+      finish(refusal(e))
+      return
+    }
+    if (req !== undefined) dispatch(req)
+  })
+  sock.on('end', () => {
+    if (answered) return
+    try {
+      parser.finish()
+    } catch (e) {
+      finish(refusal(e))
+    }
+  })
+
+  const dispatch = (req: AgentRequest) => {
+    clearTimeout(deadline)
+    op = req.op
+    const state = current()
+    const work: Promise<Answer> = req.op === 'launch'
+      ? answerLaunch(req, peer!.front, state, sys())
+      : bodyOf(req, state, o)
+    work.then(finish, (e: unknown) => finish(refusal(e)))
+  }
+}
+
+async function bodyOf(req: AgentRequest, state: AgentState, o: AgentOptions): Promise<Answer> {
+  const op = req.op === 'status' ? o.ops?.status : o.ops?.metrics
+  if (op === undefined) throw new QkError('ERR_USAGE', `op=${req.op} is not served by this agent build`)
+  const body = await op(req, state)
+  // The log line's fields only (finish() logs it as its op): no decision is made here.
+  return { reply: { outcome: 'ok', body }, fds: [], decision: { outcome: 'probe', code: 'OK', path: 'agent' } }
+}
+
+/**
+ * The peer: SO_PEERCRED's pid, pinned by SO_PEERPIDFD (taken by the kernel at connect, so it
+ * is that process even if it has died and its pid was reused since). Its start time is read
+ * after, then the pidfd is asked whether it still lives: if so, the pid still names it, and the
+ * start time read is its own. It becomes QEMU, so the replay record and the uid lease name it.
+ */
+function who(fd: number, net: SocketOps, procRoot: string): { pid: number; pidfd: number; front: Consumer } {
+  const cred = net.peerCred(fd)
+  if (cred.uid !== 0) {
+    throw new QkError('ERR_CALLER_NOT_ALLOWED', `the agent serves root peers only (the setuid front), got SO_PEERCRED uid ${cred.uid} pid ${cred.pid}`,
+      { uid: cred.uid, pid: cred.pid })
+  }
+  const pidfd = net.peerPidfd(fd)
+  if (pidfd < 0) throw new QkError('ERR_OS', `getsockopt(SO_PEERPIDFD) failed: errno ${-pidfd} (Linux 6.5 or later is needed)`)
+  const stat = readStat(procRoot, cred.pid)
+  if (stat === undefined || sys().pidfdSignalZero(pidfd) !== 0) {
+    closeQuietly(pidfd)
+    throw new QkError('ERR_OS', `the peer (pid ${cred.pid}) exited before its request was read`, { pid: cred.pid })
+  }
+  return { pid: cred.pid, pidfd, front: { pid: cred.pid, startTime: stat.startTime } }
+}
+
+/** The reply in one sendmsg (the fds with its first byte); a short write goes on through the stream. */
+function send(sock: Socket, fd: number, buf: Buffer, fds: readonly number[], net: SocketOps, log: Logger): void {
+  if (fds.length === 0) {
+    sock.write(buf)
+    return
+  }
+  const n = net.sendWithFds(fd, buf, fds)
+  if (n < 0) {
+    log.error({ code: 'ERR_OS', errno: -n }, 'agent: sendmsg of the reply failed; the front falls back')
+    return
+  }
+  if (n < buf.length) sock.write(buf.subarray(n))
+}
