@@ -77,7 +77,7 @@ t.test('a live VM with the new lease: every fact, CPU and working set from v1 on
     vm: A,
     name: 'vm-a',
     qemu: {
-      pid: 300, startTime: '100000', uid: 20001,
+      pid: 300, helperPid: null, startTime: '100000', uid: 20001,
       namespaces: { mnt: '4026532001', net: '4026532002', ipc: null, uts: null, cgroup: null, pid: null, user: null },
       uptimeSeconds: 4000, // (500050 - 100000) ticks / 100
     },
@@ -217,6 +217,26 @@ t.test('hostile or broken cgroup facts leave the value out with the reason, neve
     `cpuacct: ${n.cfg.cgroup_root}/cpu,cpuacct/pods/c/cpuacct.usage: expected a decimal counter, got "12 34"; cannot read ${n.cfg.cgroup_root}/unified/pods/c/cpu.stat: ENOENT`,
     `memory: ${n.cfg.cgroup_root}/memory/pods/c/memory.stat: total_inactive_file is not a decimal counter; cannot read ${n.cfg.cgroup_root}/unified/pods/c/memory.current: ENOENT`,
   ])
+})
+
+t.test('with a pid namespace the lease names the enter helper: QEMU is its one child, whose uid and namespaces are shown', async (t) => {
+  const n = node(t, [
+    qemu(300, { uid: 0, ns: { pid: '4026531836', pid_for_children: '4026532999', mnt: '4026532001' } }),
+    qemu(301, { ns: { pid: '4026532999', pid_for_children: '4026532999', mnt: '4026532001' } }),
+  ])
+  v1Pod(n)
+  mkdirSync(`${n.proc}/300/task/300`, { recursive: true })
+  writeFileSync(`${n.proc}/300/task/300/children`, '301 ')
+  n.lease(20001, { vm: A, pid: 300, startTime: '1300' })
+  const [e] = collectStatus(n.cfg, undefined, { now })
+  t.equal(e?.qemu.pid, 301)
+  t.equal(e?.qemu.helperPid, 300)
+  t.equal(e?.qemu.startTime, '1300', 'the lease\'s (the helper\'s) start time')
+  t.equal(e?.qemu.uid, 20001, 'QEMU\'s uid, not the helper\'s')
+  t.equal(e?.qemu.namespaces.pid, '4026532999')
+  t.same(e?.problems, [])
+  writeFileSync(`${n.proc}/300/task/300/children`, '301 302\n')
+  t.equal(collectStatus(n.cfg, undefined, { now })[0]?.qemu.pid, 300, 'two children: no guess, the lease\'s pid')
 })
 
 t.test('problems an operator must see: wrong uid, launcher gone, QEMU outside the launcher\'s cgroup', async (t) => {

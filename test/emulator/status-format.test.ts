@@ -9,7 +9,7 @@ const entry = (more: Partial<StatusEntry> = {}): StatusEntry => ({
   uid: 20001,
   vm: A,
   name: 'vm-a',
-  qemu: { pid: 300, startTime: '100000', uid: 20001, namespaces: ns, uptimeSeconds: 4000 },
+  qemu: { pid: 300, helperPid: null, startTime: '100000', uid: 20001, namespaces: ns, uptimeSeconds: 4000 },
   launcher: { pid: 200, alive: true },
   cgroup: '/kubepods/pod-a',
   cpu: { timestamp: 1790000000123456789n, usageCoreNanoSeconds: 2n ** 60n + 1n, source: 'v1', dir: '/sys/fs/cgroup/cpu,cpuacct/kubepods/pod-a' },
@@ -28,7 +28,7 @@ t.test('json: ListContainerStats field names, 64-bit values as decimal strings, 
       memory: { timestamp: '1790000000123456789', working_set_bytes: { value: '734003200' } },
       qemu_kube: {
         uuid: A, name: 'vm-a', uid: 20001,
-        qemu: { pid: 300, uid: 20001, start_time: '100000', namespaces: ns },
+        qemu: { pid: 300, helper_pid: null, uid: 20001, start_time: '100000', namespaces: ns },
         launcher: { pid: 200, alive: true },
         cgroup: '/kubepods/pod-a',
         cgroup_dirs: { cpu: { source: 'v1', dir: '/sys/fs/cgroup/cpu,cpuacct/kubepods/pod-a' }, memory: { source: 'v2', dir: '/sys/fs/cgroup/kubepods/pod-a' } },
@@ -51,12 +51,12 @@ t.test('json: a missing value is left out as protobuf JSON leaves unset messages
 
 t.test('human: one row per VM with its namespaces and problems', async (t) => {
   const out = formatStatus([entry(), entry({ vm: 'b', name: null, launcher: { pid: 201, alive: false }, cpu: null, memory: null, cgroup: null,
-    qemu: { pid: 301, startTime: '1', uid: 0, namespaces: { ...ns, user: null }, uptimeSeconds: 90061 }, problems: ['the launcher (pid 201) has exited'] })], 'human')
+    qemu: { pid: 301, helperPid: 300, startTime: '1', uid: 0, namespaces: { ...ns, user: null }, uptimeSeconds: 90061 }, problems: ['the launcher (pid 201) has exited'] })], 'human')
   t.equal(out, [
-    'UUID                                  NAME  UID               QEMU  LAUNCHER     UPTIME  CPU             MEMORY    CGROUP',
-    `${A}  vm-a  20001             300   200          1h6m    1152921504.60s  700.0MiB  /kubepods/pod-a`,
+    'UUID                                  NAME  UID               QEMU            LAUNCHER     UPTIME  CPU             MEMORY    CGROUP',
+    `${A}  vm-a  20001             300             200          1h6m    1152921504.60s  700.0MiB  /kubepods/pod-a`,
     '  namespaces mnt:4026532001 net:4026532002 ipc:4026532003 uts:4026532004 cgroup:4026532005 pid:4026531836 user:4026531837',
-    'b                                     -     20001(runs as 0)  301   201(exited)  1d1h    -               -         -',
+    'b                                     -     20001(runs as 0)  301(under 300)  201(exited)  1d1h    -               -         -',
     '  namespaces mnt:4026532001 net:4026532002 ipc:4026532003 uts:4026532004 cgroup:4026532005 pid:4026531836 user:?',
     '  ! the launcher (pid 201) has exited',
     '',

@@ -133,7 +133,10 @@ t.test('two VMs in their own real cgroups, a dead one, the filter', async (t) =>
   t.same(all.map((e) => e.vm), [A, B], 'the dead and the recycled lease are not listed')
 
   const check = (t: Test, e: StatusEntry | undefined, m: ReturnType<typeof measured>, pid: number, uid: number, dirs: Map<Hierarchy, string>, root: 'all' | 'v2') => {
-    if (e === undefined) return t.fail('listed')
+    if (e === undefined) {
+      t.fail('listed')
+      return
+    }
     t.equal(e.qemu.pid, pid)
     t.equal(e.qemu.uid, uid, 'the real uid from /proc')
     t.same(e.qemu.namespaces, nsOf(pid), 'the namespace inodes')

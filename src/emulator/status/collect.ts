@@ -1,7 +1,8 @@
 // `qemu-kube status [VM]`: every VM launched on this node that still runs, with its pod and the
 // pod's CPU and memory as kubelet would report them. The steps, in order:
 //   1. the leases (leases.ts); a lease counts only while its pid has the recorded start time;
-//   2. per live lease: QEMU's uid and namespaces, its launcher, the pod's cgroup usage;
+//   2. per live lease: QEMU (the lease's pid, or the enter helper's child with a pid namespace),
+//      its uid and namespaces, its launcher, the pod's cgroup usage;
 //   3. the start time again: if the pid died (and was maybe reused) while we read, the facts
 //      may be another process's, so the entry is dropped rather than shown wrong.
 // QEMU is in its pod's cgroup (the launch joined the launcher's), so its own cgroup file names
@@ -11,7 +12,7 @@ import type { Config } from '../config.ts'
 import { QkError } from '../errors.ts'
 import { podUsage } from './cgroup-usage.ts'
 import { readLeases, type LeaseRecord, type SkippedLease } from './leases.ts'
-import { namespacesOf, realUidOf, startTimeOf, uptimeSeconds, type StatusNamespace } from './proc-facts.ts'
+import { namespacesOf, pidNsChildOf, realUidOf, startTimeOf, uptimeSeconds, type StatusNamespace } from './proc-facts.ts'
 
 export interface StatusEntry {
   /** The host uid the lease is for (libvirt's per-VM DAC label). */
@@ -19,9 +20,16 @@ export interface StatusEntry {
   vm: string
   name: string | null
   qemu: {
+    /** QEMU's pid: the lease's, or with a pid namespace the enter helper's one child. */
     pid: number
+    /**
+     * The lease's pid when it is the enter helper above QEMU (pid namespace), else null.
+     * Optional only for entries rebuilt from older JSON (agent-client.ts); collectStatus sets it.
+     */
+    helperPid?: number | null
+    /** The lease's start time (of `helperPid` when there is one). */
     startTime: string
-    /** Real uid as /proc shows it now; should equal `uid`. */
+    /** QEMU's real uid as /proc shows it now; should equal `uid`. */
     uid: number | null
     namespaces: Record<StatusNamespace, string | null>
     uptimeSeconds: number | null
@@ -88,13 +96,22 @@ function entryFor(cfg: StatusConfig, lease: LeaseRecord, mountinfo: string, now:
     if (usage.cpu !== null) cpu = { timestamp: at, usageCoreNanoSeconds: usage.cpu.value, source: usage.cpu.source, dir: usage.cpu.dir }
     if (usage.memory !== null) memory = { timestamp: at, workingSetBytes: usage.memory.value, source: usage.memory.source, dir: usage.memory.dir }
   }
-  const uid = realUidOf(proc, lease.pid)
+  const child = pidNsChildOf(proc, lease.pid)
+  const qemuPid = child ?? lease.pid
+  const uid = realUidOf(proc, qemuPid)
   if (uid !== null && uid !== lease.uid) problems.push(`QEMU runs as uid ${uid}, its lease is for uid ${lease.uid}`)
   return {
     uid: lease.uid,
     vm: lease.vm,
     name: lease.name,
-    qemu: { pid: lease.pid, startTime: lease.startTime, uid, namespaces: namespacesOf(proc, lease.pid), uptimeSeconds: uptimeSeconds(proc, lease.startTime) },
+    qemu: {
+      pid: qemuPid,
+      helperPid: child === null ? null : lease.pid,
+      startTime: lease.startTime,
+      uid,
+      namespaces: namespacesOf(proc, qemuPid),
+      uptimeSeconds: uptimeSeconds(proc, lease.startTime),
+    },
     launcher,
     cgroup: cgroupText?.split('\n').find((l) => l.startsWith('0::'))?.slice(3) ?? null,
     cpu,

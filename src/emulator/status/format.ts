@@ -25,7 +25,7 @@ function criStats(e: StatusEntry): Record<string, unknown> {
     uuid: e.vm,
     name: e.name,
     uid: e.uid,
-    qemu: { pid: e.qemu.pid, uid: e.qemu.uid, start_time: e.qemu.startTime, namespaces: e.qemu.namespaces },
+    qemu: { pid: e.qemu.pid, helper_pid: e.qemu.helperPid ?? null, uid: e.qemu.uid, start_time: e.qemu.startTime, namespaces: e.qemu.namespaces },
     launcher: e.launcher,
     cgroup: e.cgroup,
     cgroup_dirs: {
@@ -46,7 +46,7 @@ function human(entries: readonly StatusEntry[]): string {
     e.vm,
     e.name ?? '-',
     e.qemu.uid === null || e.qemu.uid === e.uid ? String(e.uid) : `${e.uid}(runs as ${e.qemu.uid})`,
-    String(e.qemu.pid),
+    e.qemu.helperPid == null ? String(e.qemu.pid) : `${e.qemu.pid}(under ${e.qemu.helperPid})`,
     e.launcher === null ? '-' : `${e.launcher.pid}${e.launcher.alive ? '' : '(exited)'}`,
     e.qemu.uptimeSeconds === null ? '-' : duration(e.qemu.uptimeSeconds),
     e.cpu === null ? '-' : `${cpuSeconds(e.cpu.usageCoreNanoSeconds)}s`,

@@ -53,3 +53,18 @@ export function uptimeSeconds(procRoot: string, startTime: string): number | nul
     return null
   }
 }
+
+/**
+ * With namespaces = [..., 'pid'] the lease's process is the enter helper, which stays in the
+ * host's pid namespace as QEMU's transparent parent; QEMU is its one child in the new namespace
+ * (pid_for_children differs from pid). Returns that child's pid, or null when pid is QEMU itself.
+ */
+export function pidNsChildOf(procRoot: string, pid: number): number | null {
+  try {
+    if (readlinkSync(`${procRoot}/${pid}/ns/pid_for_children`) === readlinkSync(`${procRoot}/${pid}/ns/pid`)) return null
+    const kids = readFileSync(`${procRoot}/${pid}/task/${pid}/children`, 'latin1').trim().split(' ').filter((k) => k !== '')
+    return kids.length === 1 && /^[1-9]\d{0,9}$/.test(kids[0]!) ? Number(kids[0]) : null
+  } catch {
+    return null
+  }
+}
