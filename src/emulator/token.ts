@@ -3,6 +3,7 @@
 // no jose error object ever leaves this file: each is mapped to one of our codes, with a message
 // we write ourselves from the error's code and claim name only.
 import { decodeProtectedHeader, jwtVerify, type JWTPayload } from 'jose'
+import { SHARED } from '../shared/constants.ts'
 import { QkError } from './errors.ts'
 import type { PublicKey } from './keys.ts'
 
@@ -11,7 +12,7 @@ export const VM_NAME_CLAIM = 'vm_name'
 export const QEMU_UID_CLAIM = 'qemu_uid'
 const REQUIRED = ['iss', 'aud', 'sub', 'jti', 'iat', 'exp', VM_NAME_CLAIM, QEMU_UID_CLAIM]
 const COMPACT_JWS = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$/
-export const MAX_TOKEN_LENGTH = 16 * 1024
+export const MAX_TOKEN_LENGTH = SHARED.MAX_TOKEN_BYTES
 
 export interface TokenPolicy {
   issuer: string
@@ -70,7 +71,7 @@ export async function verifyToken(
       kid = k.kid
       break
     } catch (err) {
-      const mapped = mapJoseError(err)
+      const mapped = mapJoseError(err, policy, now)
       if (mapped.code !== 'ERR_TOKEN_SIGNATURE') throw mapped
     }
   }
@@ -93,7 +94,7 @@ function checkBinding(
     throw new QkError('ERR_TOKEN_LIFETIME', `expected exp - iat <= ${policy.maxLifetime} s, got ${exp - iat} s`)
   }
   if (iat > now.getTime() / 1000 + policy.clockTolerance) {
-    throw new QkError('ERR_TOKEN_NOT_YET_VALID', `"iat" is ${Math.round(iat - now.getTime() / 1000)} s in the future`)
+    throw new QkError('ERR_TOKEN_NOT_YET_VALID', `expected "iat" <= now + tolerance, got iat ${iat}, now ${Math.floor(now.getTime() / 1000)}, tolerance ${policy.clockTolerance} s`)
   }
   if (sub !== vm.uuid) {
     throw new QkError('ERR_TOKEN_VM_MISMATCH', `expected "sub" = KUBEVIRT_VM_UUID ${vm.uuid}, got ${safe(sub)}`)
@@ -119,20 +120,30 @@ function decodeHeader(jws: string) {
   }
 }
 
-function mapJoseError(err: unknown): QkError {
+function mapJoseError(err: unknown, policy: TokenPolicy, now: Date): QkError {
   const code = typeof err === 'object' && err !== null && 'code' in err ? String(err.code) : ''
   const claim = typeof err === 'object' && err !== null && 'claim' in err ? String(err.claim) : ''
   const reason = typeof err === 'object' && err !== null && 'reason' in err ? String(err.reason) : ''
+  // Only the one claim a message names is taken from the payload, never the payload itself.
+  const payload = typeof err === 'object' && err !== null && 'payload' in err && typeof err.payload === 'object' && err.payload !== null
+    ? err.payload as Record<string, unknown> : {}
+  const nowS = Math.floor(now.getTime() / 1000)
   switch (code) {
     case 'ERR_JWT_EXPIRED':
-      return new QkError('ERR_TOKEN_EXPIRED', '"exp" is in the past')
+      return new QkError('ERR_TOKEN_EXPIRED',
+        `expected "exp" >= now - tolerance, got exp ${shownNumber(payload['exp'])}, now ${nowS}, tolerance ${policy.clockTolerance} s`)
     case 'ERR_JWS_SIGNATURE_VERIFICATION_FAILED':
       return new QkError('ERR_TOKEN_SIGNATURE', 'signature verification failed')
     case 'ERR_JOSE_ALG_NOT_ALLOWED':
       return new QkError('ERR_TOKEN_ALG_NOT_ALLOWED', 'the token\'s alg is not allowed')
     case 'ERR_JWT_CLAIM_VALIDATION_FAILED':
-      if ((claim === 'nbf' || claim === 'iat') && reason === 'check_failed') return new QkError('ERR_TOKEN_NOT_YET_VALID', `"${claim}" is in the future`)
-      return new QkError('ERR_TOKEN_CLAIM_INVALID', `"${safe(claim)}" claim is missing or has an unexpected value`)
+      if ((claim === 'nbf' || claim === 'iat') && reason === 'check_failed') {
+        return new QkError('ERR_TOKEN_NOT_YET_VALID', `expected "${claim}" <= now + tolerance, got ${claim} ${shownNumber(payload[claim])}, now ${nowS}, tolerance ${policy.clockTolerance} s`)
+      }
+      if (reason === 'missing') return new QkError('ERR_TOKEN_CLAIM_INVALID', `the required ${safe(claim)} claim is missing`)
+      if (claim === 'iss') return new QkError('ERR_TOKEN_CLAIM_INVALID', `expected "iss" ${safe(policy.issuer)} (token_issuer), got ${safe(payload['iss'])}`)
+      if (claim === 'aud') return new QkError('ERR_TOKEN_CLAIM_INVALID', `expected "aud" ${safe(policy.audience)} (token_audience), got ${safe(payload['aud'])}`)
+      return new QkError('ERR_TOKEN_CLAIM_INVALID', `${safe(claim)} claim has an unexpected value (${safe(reason)})`)
     case 'ERR_JWS_INVALID':
     case 'ERR_JWT_INVALID':
       return new QkError('ERR_TOKEN_MALFORMED', 'the token is not a valid JWT')
@@ -140,6 +151,11 @@ function mapJoseError(err: unknown): QkError {
       // Key type and alg disagree (e.g. an EC key for RS256), or an unknown jose failure.
       return new QkError('ERR_TOKEN_SIGNATURE', `the token cannot be verified with this key (${code || 'unknown'})`)
   }
+}
+
+/** A numeric claim as the number it is; anything else quoted like every foreign value. */
+function shownNumber(v: unknown): string {
+  return typeof v === 'number' && Number.isFinite(v) ? String(v) : safe(v)
 }
 
 /** Attacker-chosen values echoed in messages: short, printable, quoted. */

@@ -83,3 +83,23 @@ t.test('the token is bound to the caller\'s uid: VM B\'s token under VM A\'s uid
   await refused(t, sign(key, { qemu_uid: String(VM_UID) }), 'ERR_TOKEN_UID_MISMATCH')
   await refused(t, sign(key), 'ERR_TOKEN_UID_MISMATCH', undefined, { ...VM, uid: 20002 })
 })
+
+/** The refusal's exact code and message. */
+async function refusedWith(t: Test, jws: Promise<string> | string, code: string, message: string, p?: TokenPolicy) {
+  const err = await verify(await jws, p).then(() => undefined, (e: unknown) => e as { code: string; message: string })
+  t.same({ code: err?.code, message: err?.message }, { code, message })
+}
+
+t.test('refusals say expected against got', async (t) => {
+  await refusedWith(t, sign(key, { iss: 'someone-else' }), 'ERR_TOKEN_CLAIM_INVALID', `expected "iss" "${ISS}" (token_issuer), got "someone-else"`)
+  await refusedWith(t, sign(key, { aud: 'other' }), 'ERR_TOKEN_CLAIM_INVALID', `expected "aud" "${AUD}" (token_audience), got "other"`)
+  await refusedWith(t, sign(key, { jti: null }), 'ERR_TOKEN_CLAIM_INVALID', 'the required "jti" claim is missing')
+  await refusedWith(t, sign(key, { iat: NOW_S - 70, exp: NOW_S - 10 }), 'ERR_TOKEN_EXPIRED',
+    `expected "exp" >= now - tolerance, got exp ${NOW_S - 10}, now ${NOW_S}, tolerance 5 s`)
+  await refusedWith(t, sign(key, { iat: NOW_S + 30, exp: NOW_S + 60 }), 'ERR_TOKEN_NOT_YET_VALID',
+    `expected "iat" <= now + tolerance, got iat ${NOW_S + 30}, now ${NOW_S}, tolerance 5 s`)
+  await refusedWith(t, sign(key, { nbf: NOW_S + 30 }), 'ERR_TOKEN_NOT_YET_VALID',
+    `expected "nbf" <= now + tolerance, got nbf ${NOW_S + 30}, now ${NOW_S}, tolerance 5 s`)
+  await refusedWith(t, sign(key, { iat: NOW_S - 5, exp: NOW_S + 3600 }), 'ERR_TOKEN_LIFETIME', 'expected exp - iat <= 60 s, got 3605 s')
+  await refusedWith(t, sign(key), 'ERR_TOKEN_ALG_NOT_ALLOWED', 'expected alg one of PS256, got "RS256"', policy({ algorithms: ['PS256'] }))
+})
