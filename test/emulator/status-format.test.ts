@@ -73,5 +73,11 @@ t.test('human: terminal control bytes from /proc or the leases are escaped', asy
 })
 
 t.test('an unknown format is refused with ERR_USAGE', async (t) => {
-  t.throws(() => formatStatus([], 'yaml' as StatusFormat), { code: 'ERR_USAGE', message: '--output must be one of human, json, got "yaml"' })
+  let got: unknown
+  try {
+    formatStatus([], 'yaml' as StatusFormat)
+  } catch (e) {
+    got = { name: (e as Error).name, code: (e as { code: string }).code, message: (e as Error).message }
+  }
+  t.same(got, { name: 'QkError', code: 'ERR_USAGE', message: '--output must be one of human, json, got "yaml"' })
 })

@@ -48,7 +48,7 @@ t.test('each Metrics has its own registry, never prom-client\'s global one', asy
   t.notMatch(await globalRegistry.metrics(), /qemu_kube/)
 })
 
-t.test('a label outside the closed sets is a bug in the caller: ERR_INTERNAL, nothing counted', async (t) => {
+t.test('a label outside the closed sets is a bug in the caller: ERR_INTERNAL returned (not thrown), counted apart, no decision recorded', async (t) => {
   const m = createMetrics()
   const ok: DecisionLabels = { outcome: 'refused', code: 'ERR_TOKEN_REPLAYED', path: 'agent' }
   const cases: [Partial<DecisionLabels>, number, string][] = [
@@ -61,8 +61,17 @@ t.test('a label outside the closed sets is a bug in the caller: ERR_INTERNAL, no
     [{ code: 'OK' }, 0.01, 'observeDecision: unexpected code OK with outcome refused'],
     [{ outcome: 'authorised' }, 0.01, 'observeDecision: unexpected code ERR_TOKEN_REPLAYED with outcome authorised'],
   ]
-  for (const [more, s, message] of cases) t.throws(() => m.observeDecision({ ...ok, ...more }, s), { code: 'ERR_INTERNAL', message }, message.slice(0, 60))
-  t.notMatch(await m.metricsText(), /qemu_kube_decisions_total\{/)
+  for (const [more, s, message] of cases) {
+    let err: unknown
+    t.doesNotThrow(() => { err = m.observeDecision({ ...ok, ...more }, s) })
+    t.match(err, { name: 'QkError', code: 'ERR_INTERNAL' })
+    t.equal((err as Error).message, message, message.slice(0, 60))
+  }
+  const text = await m.metricsText()
+  t.notMatch(text, /qemu_kube_decisions_total\{/)
+  t.notMatch(text, /qemu_kube_launch_duration_seconds_count\{/)
+  t.ok(text.split('\n').includes(`qemu_kube_metrics_invalid_observations_total ${cases.length}`))
+  t.equal(m.observeDecision(ok, 0.01), undefined, 'a valid one returns nothing')
 })
 
 t.test('the launch bundle (src/emulator/main.ts) pulls in neither prom-client nor the status code', async (t) => {

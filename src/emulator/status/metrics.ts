@@ -8,7 +8,10 @@
 // (src/emulator/main.ts), test/emulator/status-metrics.test.ts checks the launch bundle.
 //
 // Label values are a closed set (outcome, our error codes, the two paths), so a series per
-// label set stays bounded whatever a peer sends; anything else is a bug in the caller.
+// label set stays bounded whatever a peer sends; anything else is a bug in the caller. Such an
+// observation is not recorded but counted (qemu_kube_metrics_invalid_observations_total) and
+// returned as an ERR_INTERNAL for the caller's log, never thrown: the agent observes before it
+// sends a launch's reply, and a metrics bug must not cost a VM its start.
 import { Counter, Histogram, Registry } from 'prom-client'
 import { QkError, allCodes } from '../errors.ts'
 
@@ -29,8 +32,11 @@ export const LAUNCH_BUCKETS = [0.001, 0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.0
 
 export interface Metrics {
   readonly registry: Registry
-  /** One decision; `seconds` from request to reply. Only authorised launches feed the histogram. */
-  observeDecision(labels: DecisionLabels, seconds: number): void
+  /**
+   * One decision; `seconds` from request to reply. Only authorised launches feed the histogram.
+   * Returns undefined, or (labels outside the closed sets) the error, not thrown.
+   */
+  observeDecision(labels: DecisionLabels, seconds: number): QkError | undefined
   /** The Prometheus text exposition format. */
   metricsText(): Promise<string>
   readonly contentType: string
@@ -51,24 +57,33 @@ export function createMetrics(): Metrics {
     buckets: LAUNCH_BUCKETS,
     registers: [registry],
   })
+  const invalid = new Counter({
+    name: 'qemu_kube_metrics_invalid_observations_total',
+    help: 'Decisions not recorded because a label was outside its closed set (a qemu-kube bug)',
+    registers: [registry],
+  })
   return {
     registry,
     contentType: registry.contentType,
     observeDecision(labels, seconds) {
-      checkLabels(labels, seconds)
+      const bad = badLabel(labels, seconds)
+      if (bad !== null) {
+        invalid.inc()
+        return new QkError('ERR_INTERNAL', `observeDecision: unexpected ${bad}`.slice(0, 200))
+      }
       decisions.inc({ outcome: labels.outcome, code: labels.code, path: labels.path })
       if (labels.outcome === 'authorised') launches.observe({ path: labels.path }, seconds)
+      return undefined
     },
     metricsText: () => registry.metrics(),
   }
 }
 
-function checkLabels(l: DecisionLabels, seconds: number): void {
-  const bad = !OUTCOMES.includes(l.outcome) ? `outcome ${JSON.stringify(l.outcome)}`
+function badLabel(l: DecisionLabels, seconds: number): string | null {
+  return !OUTCOMES.includes(l.outcome) ? `outcome ${JSON.stringify(l.outcome)}`
     : !CODES.has(l.code) ? `code ${JSON.stringify(l.code)}`
     : !PATHS.includes(l.path) ? `path ${JSON.stringify(l.path)}`
     : !(Number.isFinite(seconds) && seconds >= 0) ? `duration ${seconds}`
     : (l.outcome === 'refused') === (l.code === 'OK') ? `code ${l.code} with outcome ${l.outcome}`
     : null
-  if (bad !== null) throw new QkError('ERR_INTERNAL', `observeDecision: unexpected ${bad}`.slice(0, 200))
 }
