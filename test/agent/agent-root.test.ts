@@ -1,0 +1,294 @@
+// Issue 9, the agent's side, with real parts: the agent of a temporary install (its sysconfdir
+// compiled in, run from the install's lib dir beside the koffi the front checks) on its real
+// socket, talked to by a raw client (test/agent/fixtures/raw-client.py: Python's recv_fds) and
+// by the installed setuid front; a real podman pod for the launch.
+import t, { type Test } from 'tap'
+import { execFile, spawn, type ChildProcess } from 'node:child_process'
+import { chmodSync, closeSync, lstatSync, mkdirSync, openSync, renameSync, writeFileSync } from 'node:fs'
+import { build } from 'esbuild'
+import { SignJWT } from 'jose'
+import { FIXTURES, REPO, installTemp, toml } from '../helpers/install.ts'
+import { gidOf, uidOf } from '../helpers/ids.ts'
+import { requireRoot } from '../helpers/pod.ts'
+import { makePodmanPod, podmanUnavailable } from '../helpers/podman.ts'
+import { AUD, ISS, rsaKey, tempDir, writeKey } from '../helpers/tokens.ts'
+import { encodeRequest, type AgentRequest } from '../../src/emulator/agent-protocol.ts'
+
+if (!requireRoot(t, 'the agent is root, its socket root-only')) process.exit(0)
+
+const USER = 'nobody'
+const GROUP = 'nogroup'
+const UID = uidOf(USER)
+const GID = gidOf(GROUP)
+const key = await rsaKey()
+const next = await rsaKey()
+const keyDir = tempDir(t, 'qk-agent-keys-')
+const pub = writeKey(keyDir, 'signing.pem', key.pem)
+const inst = installTemp(t, GROUP)
+const stateDir = `${tempDir(t, 'qk-agent-state-')}/state`
+const config = {
+  token_public_keys: [pub],
+  vm_uid_range: [UID, UID],
+  pod_link_socket: '',
+  qemu_binary: `${FIXTURES}/reporter`,
+  probe_qemu_binary: `${FIXTURES}/reporter`,
+  state_dir: stateDir,
+}
+inst.writeConfig(config)
+const SOCKET = `${inst.sysconfdir}/qemu-kube-agent/agent.sock`
+const ENTRY = `${inst.prefix}/lib/qemu-kube/agent-test.cjs`
+await build({
+  entryPoints: [`${REPO}/test/agent/fixtures/agent-entry.ts`],
+  outfile: ENTRY,
+  bundle: true,
+  platform: 'node',
+  target: 'node20',
+  format: 'cjs',
+  external: ['koffi'],
+  logLevel: 'warning',
+  define: {
+    QK_BUILD: JSON.stringify({ prefix: inst.prefix, sysconfdir: inst.sysconfdir }),
+    'import.meta.url': '__qk_url',
+    'import.meta.dirname': '__dirname',
+  },
+  banner: { js: 'const __qk_url = require("node:url").pathToFileURL(__filename).href;' },
+})
+
+interface Agent {
+  child: ChildProcess
+  lines(): Array<Record<string, any>>
+  waitFor(pred: (l: Record<string, any>) => boolean, what: string): Promise<Record<string, any>>
+  exited: Promise<number | null>
+}
+
+async function startAgent(t: Test): Promise<Agent> {
+  const child = spawn(process.execPath, [ENTRY, 'agent'], { stdio: ['ignore', 'pipe', 'pipe'] })
+  let out = ''
+  let err = ''
+  child.stdout!.on('data', (d) => (out += d))
+  child.stderr!.on('data', (d) => (err += d))
+  const exited = new Promise<number | null>((res) => child.on('exit', (code) => res(code)))
+  t.teardown(() => { if (child.exitCode === null) child.kill('SIGKILL') })
+  const lines = () => out.split('\n').filter((l) => l !== '').map((l) => JSON.parse(l) as Record<string, any>)
+  const waitFor = async (pred: (l: Record<string, any>) => boolean, what: string) => {
+    for (let i = 0; i < 200; i++) {
+      const hit = lines().find(pred)
+      if (hit !== undefined) return hit
+      if (child.exitCode !== null) throw new Error(`agent exited ${child.exitCode} before ${what}: ${err}${out}`)
+      await new Promise((r) => setTimeout(r, 50))
+    }
+    throw new Error(`agent: no ${what} in 10 s: ${err}${out}`)
+  }
+  await waitFor((l) => l.msg === 'agent listening', 'listening line')
+  return { child, lines, waitFor, exited }
+}
+
+interface Reply { records: string[]; fds: string[]; error: string | null; sendError?: string }
+
+/** The raw client, as root unless `as` names a user. */
+function raw(bytes: Buffer, mode: 'shut' | 'hang' | 'send' = 'send', as?: number): Promise<Reply> {
+  const dir = tempDir(t, 'qk-raw-')
+  chmodSync(dir, 0o755)
+  const file = `${dir}/req.hex`
+  writeFileSync(file, bytes.toString('hex'), { mode: 0o644 })
+  return new Promise((res, rej) => {
+    execFile('python3', [`${REPO}/test/agent/fixtures/raw-client.py`, SOCKET, mode, file],
+      { ...(as === undefined ? {} : { uid: as, gid: as }), timeout: 30_000, maxBuffer: 4 << 20 },
+      (e, stdout, stderr) => {
+        try {
+          res(JSON.parse(stdout) as Reply)
+        } catch {
+          rej(new Error(`raw client: ${e?.message} ${stderr}`))
+        }
+      })
+  })
+}
+
+const frame = (...records: string[]) => Buffer.from(records.map((r) => `${r}\0`).join(''), 'utf8')
+const field = (r: Reply, k: string) => r.records.filter((x) => x.startsWith(`${k}=`)).map((x) => x.slice(k.length + 1))
+const decision = (r: Reply) => JSON.parse(field(r, 'decision')[0] ?? 'null')
+const PROBE_ARGS = ['-S', '-no-user-config', '-nodefaults', '-nographic', '-machine', 'none,accel=kvm:tcg', '-qmp', 'unix:/tmp/x.monitor,server=on,wait=off']
+const probe: AgentRequest = { op: 'launch', caller: { uid: UID, gid: GID, groups: [] }, fds: [0, 1, 2], env: {}, argv: PROBE_ARGS }
+
+function refusedWith(t: Test, r: Reply, code: string, message: string, exit = 76) {
+  t.equal(r.error, null, 'the reply arrived')
+  t.same(r.records.slice(0, 3), ['qk-agent-1', 'outcome=refused', `exit=${exit}`], `${code}: a refusal`)
+  t.same(r.records.slice(-2), ['end', ''])
+  const d = decision(r)
+  t.equal(d.code, code)
+  t.equal(d.reason, message)
+  t.equal(d.path, 'agent')
+  t.same(r.fds, [], 'no fds with a refusal')
+}
+
+let seq = 0
+async function token(signer = key, vm = { uuid: `agent-${process.pid}`, name: 'agentvm' }) {
+  const now = Math.floor(Date.now() / 1000)
+  return new SignJWT({ iss: ISS, aud: AUD, sub: vm.uuid, vm_name: vm.name, qemu_uid: UID, jti: `agent-${process.pid}-${seq++}`, iat: now, exp: now + 60 })
+    .setProtectedHeader({ alg: 'RS256' }).sign(signer.privateKey)
+}
+const launch = (tok: string, vm = { uuid: `agent-${process.pid}`, name: 'agentvm' }): AgentRequest => ({
+  op: 'launch', caller: { uid: UID, gid: GID, groups: [] }, fds: [0, 1, 2],
+  env: { KUBEVIRT_VM_UUID: vm.uuid, KUBEVIRT_VM_NAME: vm.name, KUBEVIRT_SECRET: tok }, argv: ['-S'],
+})
+
+const agent = await startAgent(t)
+
+t.test('the socket: a root 0700 directory, a root 0600 socket; a second agent refuses to start', async (t) => {
+  const dir = lstatSync(`${inst.sysconfdir}/qemu-kube-agent`)
+  t.equal(dir.mode & 0o7777, 0o700)
+  t.equal(dir.uid, 0)
+  const sock = lstatSync(SOCKET)
+  t.ok(sock.isSocket())
+  t.equal(sock.mode & 0o777, 0o600)
+  t.equal(sock.uid, 0)
+  const second = await new Promise<{ code: number | null; stderr: string }>((res) => {
+    execFile(process.execPath, [ENTRY, 'agent'], (e, _o, stderr) => res({ code: e === null ? 0 : (e as { code: number }).code, stderr }))
+  })
+  t.equal(second.code, 71)
+  t.equal(JSON.parse(second.stderr.trim()).msg, `another qemu-kube agent listens on ${SOCKET}; stop it first`)
+  t.ok(lstatSync(SOCKET).isSocket(), 'the live agent keeps its socket')
+})
+
+t.test('a non-root client cannot connect', async (t) => {
+  const r = await raw(encodeRequest(probe), 'send', UID)
+  t.equal(r.error, 'EACCES')
+  t.same(r.records, [])
+})
+
+t.test('a probe is answered with the same env and enter options as the standalone chain', async (t) => {
+  const r = await raw(encodeRequest(probe))
+  t.same(r.records.slice(0, 2), ['qk-agent-1', 'outcome=probe'])
+  t.same(field(r, 'env'), ['PATH=/usr/sbin:/usr/bin:/sbin:/bin', 'LC_ALL=C'])
+  t.same(field(r, 'enter'), ['--pid=0', '--ns=', `--uid=${UID}`, `--gid=${GID}`, '--groups=', '--fds=0,1,2', '--mnt=pod', '--carry=',
+    '--carry-roots=', '--devices=', '--pod-link=', `--exec-host=${FIXTURES}/reporter`, '--', `${FIXTURES}/reporter`, ...PROBE_ARGS])
+  t.same(decision(r), { outcome: 'probe', code: 'OK', caller: { uid: UID }, qemu: { path: `${FIXTURES}/reporter`, from: 'host' }, path: 'agent' })
+  t.same(r.fds, [])
+})
+
+t.test('garbage, truncated, 1 MB and never-finished requests are refused with their codes while a good one is served', async (t) => {
+  const started = Date.now()
+  const [garbage, truncated, big, slow, good] = await Promise.all([
+    raw(Buffer.from('GET / HTTP/1.1\r\n\r\n\0')),
+    raw(frame('qk-agent-1', 'op=launch', 'uid=1'), 'shut'),
+    raw(Buffer.concat([frame('qk-agent-1', 'op=launch', 'uid=1', 'gid=1', 'groups=', 'fds='), Buffer.alloc(1 << 20, 0x61)])),
+    raw(frame('qk-agent-1', 'op=launch'), 'hang'),
+    new Promise<Reply>((res) => setTimeout(() => res(raw(encodeRequest(probe))), 300)),
+  ])
+  refusedWith(t, garbage, 'ERR_AGENT_REQUEST_MALFORMED', 'the request is not qk-agent-1 framing: expected the magic record qk-agent-1, got "GET / HTTP/1.1\\r\\n\\r\\n"')
+  refusedWith(t, truncated, 'ERR_AGENT_REQUEST_TRUNCATED', "expected the request's end record before EOF, got EOF after 27 bytes")
+  refusedWith(t, big, 'ERR_AGENT_REQUEST_TOO_BIG', 'expected a request of at most 262144 bytes, got more than that')
+  t.match(decision(slow).reason, /^expected the whole request within 2000 ms, got 21 bytes$/)
+  refusedWith(t, slow, 'ERR_AGENT_REQUEST_TIMEOUT', 'expected the whole request within 2000 ms, got 21 bytes')
+  t.same(good.records.slice(0, 2), ['qk-agent-1', 'outcome=probe'], 'the good request, sent while the others were open, is served')
+  t.ok(Date.now() - started >= 1900, 'the slow one was given its 2 s')
+  t.equal(agent.child.exitCode, null, 'the agent lives on')
+  const codes = agent.lines().filter((l) => l.msg === 'decision').map((l) => l.code)
+  for (const c of ['ERR_AGENT_REQUEST_MALFORMED', 'ERR_AGENT_REQUEST_TRUNCATED', 'ERR_AGENT_REQUEST_TOO_BIG', 'ERR_AGENT_REQUEST_TIMEOUT']) {
+    t.ok(codes.includes(c), `${c} logged`)
+  }
+})
+
+t.test('keys reload: replacing the key file, SIGHUP; a failed reload keeps the old config', async (t) => {
+  const before = await raw(encodeRequest(launch(await token(next))))
+  refusedWith(t, before, 'ERR_TOKEN_SIGNATURE', decision(before).reason, 77)
+  const reloads = () => agent.lines().filter((l) => l.msg === 'agent reloaded config and keys').length
+  const n = reloads()
+  // Atomic replace (a new inode), as a key rotation would do it.
+  writeFileSync(`${keyDir}/signing.pem.new`, next.pem, { mode: 0o644 })
+  renameSync(`${keyDir}/signing.pem.new`, pub)
+  await agent.waitFor(() => reloads() > n, 'reload after the key file changed')
+  const fresh = await raw(encodeRequest(launch(await token(next))))
+  t.equal(decision(fresh).code, 'ERR_TARGET_NOT_FOUND', 'a token of the new key passes verification (no pod: not found)')
+  const old = await raw(encodeRequest(launch(await token(key))))
+  t.equal(decision(old).code, 'ERR_TOKEN_SIGNATURE', 'the old key is gone')
+
+  const m = reloads()
+  agent.child.kill('SIGHUP')
+  const hup = await agent.waitFor((l) => l.msg === 'agent reloaded config and keys' && l.why === 'SIGHUP', 'SIGHUP reload')
+  t.equal(hup.keys, 1)
+  t.ok(reloads() > m)
+
+  writeFileSync(inst.configPath, 'this is = = not toml\n')
+  const failed = await agent.waitFor((l) => l.msg === 'agent reload failed; keeping the previous config and keys', 'failed reload line')
+  t.equal(failed.code, 'ERR_CONFIG_SYNTAX')
+  t.equal(failed.level, 'error')
+  const still = await raw(encodeRequest(launch(await token(next))))
+  t.equal(decision(still).code, 'ERR_TARGET_NOT_FOUND', 'still served with the previous config and keys')
+  const k = reloads()
+  inst.writeConfig(config)
+  await agent.waitFor(() => reloads() > k, 'reload of the fixed config')
+})
+
+t.test('a launch through the real front into a real podman pod: the agent serves it, path agent', { skip: podmanUnavailable() ?? false }, async (t) => {
+  const vm = { uuid: `agent-${process.pid}-pod`, name: 'agentpodvm' }
+  const tok = await token(next, vm)
+  const p = await makePodmanPod({ uuid: vm.uuid, name: vm.name, token: tok, qemuUid: UID, volumes: [`${FIXTURES}:${FIXTURES}:ro`] })
+  t.teardown(() => p.destroy())
+  const r = await runFront(['-name', 'guest=agentpod', '-S'], { KUBEVIRT_VM_UUID: vm.uuid, KUBEVIRT_VM_NAME: vm.name, KUBEVIRT_SECRET: tok })
+  t.equal(r.code, 0, r.stderr)
+  const line = JSON.parse(r.stderr.trim().split('\n')[0]!)
+  t.equal(line.outcome, 'authorised')
+  t.equal(line.path, 'agent')
+  t.equal(line.target.pid, p.pid)
+  const rep = JSON.parse(r.stdout)
+  t.equal(rep.pid, r.pid, 'QEMU is the process libvirt spawned')
+  for (const ns of ['net', 'ipc', 'uts'] as const) t.equal(String(rep.ns[ns]), String(p.ns[ns]), `${ns} namespace is the pod's`)
+  const served = agent.lines().find((l) => l.msg === 'decision' && l.outcome === 'authorised')
+  t.equal(served?.peer, r.pid, 'the agent logged the front as its peer')
+  const lease = JSON.parse((await import('node:fs')).readFileSync(`${stateDir}/uids/${UID}`, 'utf8'))
+  t.same(lease, { vm: vm.uuid, name: vm.name, pid: r.pid, startTime: lease.startTime, launcher: { pid: p.pid, startTime: lease.launcher.startTime } },
+    'the lease names the front (now QEMU) and the pod\'s launcher')
+})
+
+t.test('SIGTERM: no new connections, the in-flight request drains, exit 0; then standalone serves (agent absent)', async (t) => {
+  const inFlight = raw(frame('qk-agent-1', 'op=launch'), 'hang')
+  await new Promise((r) => setTimeout(r, 300))
+  agent.child.kill('SIGTERM')
+  await agent.waitFor((l) => l.msg === 'agent stopping: no new connections, draining', 'stopping line')
+  const late = await raw(encodeRequest(probe))
+  t.ok(late.error === 'ENOENT' || late.error === 'ECONNREFUSED', `a new connection is refused (${late.error})`)
+  const drained = await inFlight
+  t.equal(decision(drained).code, 'ERR_AGENT_REQUEST_TIMEOUT', 'the in-flight request was answered')
+  t.equal(await agent.exited, 0)
+  t.throws(() => lstatSync(SOCKET), { code: 'ENOENT' }, 'its socket is gone')
+
+  const r = await runFront(PROBE_ARGS, {})
+  t.equal(r.code, 0, r.stderr)
+  const line = JSON.parse(r.stderr.trim().split('\n')[0]!)
+  t.same({ outcome: line.outcome, path: line.path, agent: line.agent }, { outcome: 'probe', path: 'standalone', agent: 'absent' })
+})
+
+t.test('standalone where proc_root is not our pid namespace: ERR_AGENT_UNAVAILABLE, 69', async (t) => {
+  const fakeProc = tempDir(t, 'qk-otherproc-')
+  mkdirSync(`${fakeProc}/1`)
+  writeFileSync(inst.configPath, toml({ ...config, proc_root: fakeProc }))
+  t.teardown(() => inst.writeConfig(config))
+  const r = await runFront(['-S'], { KUBEVIRT_VM_UUID: 'x-1', KUBEVIRT_VM_NAME: 'x', KUBEVIRT_SECRET: await token() })
+  t.equal(r.code, 69)
+  const line = JSON.parse(r.stderr.trim())
+  t.equal(line.code, 'ERR_AGENT_UNAVAILABLE')
+  t.equal(line.reason, `${fakeProc}/self does not exist, so standalone cannot serve this launch; the agent at ${SOCKET} did not (AGENT=absent)`)
+  t.equal(line.path, 'standalone')
+  t.equal(r.stdout, '', 'QEMU never ran')
+})
+
+interface Run { pid: number; code: number | null; stdout: string; stderr: string }
+
+/** The installed front as libvirt runs it: as the VM's uid, fds 5 and 28 open. */
+function runFront(args: string[], env: Record<string, string>): Promise<Run> {
+  const fd5 = openSync('/dev/null', 'r')
+  const fd28 = openSync('/dev/null', 'r')
+  const stdio: any[] = ['ignore', 'pipe', 'pipe']
+  stdio[5] = fd5
+  stdio[28] = fd28
+  for (let i = 3; i < 28; i++) stdio[i] ??= 'ignore'
+  const child = spawn(inst.front, args, { uid: UID, gid: GID, stdio, env: { PATH: '/usr/bin:/bin', ...env } })
+  closeSync(fd5)
+  closeSync(fd28)
+  let stdout = ''
+  let stderr = ''
+  child.stdout!.on('data', (d) => (stdout += d))
+  child.stderr!.on('data', (d) => (stderr += d))
+  return new Promise((res) => child.on('close', (code) => res({ pid: child.pid!, code, stdout, stderr })))
+}
