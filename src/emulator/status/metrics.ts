@@ -2,7 +2,10 @@
 // authorised launch took. A Registry of our own (never prom-client's global one, which any
 // dependency may fill); served on the agent's root-only socket as `op=metrics` (CHAIN.md
 // section 3) and printed by `qemu-kube metrics`, so the numbers are current at each scrape and
-// no file on the node has to be trusted or kept fresh.
+// no file on the node has to be trusted or kept fresh. Why not a node-exporter textfile first:
+// it must be rewritten on every decision or on a timer (stale in between, disk writes beside
+// each launch) and needs a directory shared with node-exporter; textfile.ts writes one
+// atomically for nodes whose Prometheus scrapes only node-exporter (`qemu-kube metrics` output).
 //
 // Only the agent imports this file: prom-client must not be loaded on the launch path
 // (src/emulator/main.ts), test/emulator/status-metrics.test.ts checks the launch bundle.
