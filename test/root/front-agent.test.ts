@@ -261,6 +261,25 @@ t.test('an agent directory others can enter: ERR_FRONT_UNSAFE_PATH, no fallback'
   refusal(t, await runFront(QEMU_ARGS), 71, 'ERR_FRONT_UNSAFE_PATH', `${AGENT_DIR}: mode 0755: the agent's directory must be 0700`)
 })
 
+t.test('a request of exactly 256 KiB is sent; one byte more is refused, never sent', async (t) => {
+  const LIMIT = 256 * 1024
+  const head = expectedRequest([]).reduce((n, r) => n + Buffer.byteLength(r) + 1, 0)
+  // Three big arguments: one argument is at most 128 KiB (MAX_ARG_STRLEN).
+  const X = 90 * 1024
+  const fill = (extra: number) => ['-S', 'x'.repeat(X), 'x'.repeat(X),
+    'y'.repeat(LIMIT - head - ('arg=-S'.length + 1) - 2 * ('arg='.length + X + 1) - ('arg='.length + 1) + extra)]
+  agentDir()
+  const decision = '{"msg":"decision","outcome":"refused"}'
+  const a = await startAgent(t, 'reply', [MAGIC, 'outcome=refused', 'exit=77', `decision=${decision}`, 'end'])
+  const r = await runFront(fill(0))
+  t.equal(r.code, 77, r.stderr)
+  t.equal(a.request().reduce((n, rec) => n + Buffer.byteLength(rec) + 1, 0), LIMIT, 'the agent got all 262144 bytes')
+  agentDir()
+  const b = await startAgent(t, 'reply', [MAGIC, 'outcome=refused', 'exit=77', `decision=${decision}`, 'end'])
+  refusal(t, await runFront(fill(1)), 64, 'ERR_FRONT_REQUEST_TOO_BIG', 'the QEMU argv and environment exceed the agent\'s 256 KiB request limit')
+  t.equal(b.proc.exitCode, null, 'the agent got no connection')
+})
+
 t.test('a request over 256 KiB is refused, never sent', async (t) => {
   agentDir()
   const a = await startAgent(t, 'reply', [MAGIC, 'outcome=refused', 'exit=77', 'decision={}', 'end'])
