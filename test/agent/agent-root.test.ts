@@ -4,7 +4,7 @@
 // by the installed setuid front; a real podman pod for the launch.
 import t, { type Test } from 'tap'
 import { execFile, spawn, type ChildProcess } from 'node:child_process'
-import { chmodSync, closeSync, lstatSync, mkdirSync, openSync, renameSync, writeFileSync } from 'node:fs'
+import { chmodSync, closeSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs'
 import { build } from 'esbuild'
 import { SignJWT } from 'jose'
 import { FIXTURES, REPO, installTemp, toml } from '../helpers/install.ts'
@@ -225,8 +225,31 @@ t.test('a launch through the real front into a real podman pod: the agent serves
   const tok = await token(next, vm)
   const p = await makePodmanPod({ uuid: vm.uuid, name: vm.name, token: tok, qemuUid: UID, volumes: [`${FIXTURES}:${FIXTURES}:ro`] })
   t.teardown(() => p.destroy())
-  const r = await runFront(['-name', 'guest=agentpod', '-S'], { KUBEVIRT_VM_UUID: vm.uuid, KUBEVIRT_VM_NAME: vm.name, KUBEVIRT_SECRET: tok })
+  const env = { KUBEVIRT_VM_UUID: vm.uuid, KUBEVIRT_VM_NAME: vm.name, KUBEVIRT_SECRET: tok }
+  const agentFds = () => readdirSync(`/proc/${agent.child.pid}/fd`).length
+
+  // Another launch for this uid holds its lease lock (a standalone chain its caller stopped):
+  // the agent refuses at once instead of sleeping on the thread that serves everyone.
+  mkdirSync(`${stateDir}/uids`, { recursive: true, mode: 0o700 })
+  const holder = spawn('python3', ['-c', 'import fcntl,sys,time; f=open(sys.argv[1],"a"); fcntl.flock(f, fcntl.LOCK_EX); print("locked", flush=True); time.sleep(60)',
+    `${stateDir}/uids/${UID}.lock`], { stdio: ['ignore', 'pipe', 'inherit'] })
+  t.teardown(() => { holder.kill('SIGKILL') })
+  await new Promise((res) => holder.stdout!.once('data', res))
+  const fdsBefore = agentFds()
+  const t0 = Date.now()
+  const locked = await runFront(['-name', 'guest=agentpod', '-S'], env)
+  t.equal(locked.code, 77)
+  const lockLine = JSON.parse(locked.stderr.trim())
+  t.same({ code: lockLine.code, reason: lockLine.reason, path: lockLine.path },
+    { code: 'ERR_UID_IN_USE', reason: `another launch for uid ${UID} holds its lease lock; the agent does not wait for it`, path: 'agent' })
+  t.ok(Date.now() - t0 < 1500, 'refused at once, not after the 2 s standalone wait')
+  t.equal(agentFds(), fdsBefore, 'the refusal closed the pidfd it had opened')
+  holder.kill('SIGKILL')
+  await new Promise((res) => holder.on('exit', res))
+
+  const r = await runFront(['-name', 'guest=agentpod', '-S'], env)
   t.equal(r.code, 0, r.stderr)
+  t.equal(agentFds(), fdsBefore, 'every fd opened for the launch was closed once replied')
   const line = JSON.parse(r.stderr.trim().split('\n')[0]!)
   t.equal(line.outcome, 'authorised')
   t.equal(line.path, 'agent')
@@ -236,9 +259,27 @@ t.test('a launch through the real front into a real podman pod: the agent serves
   for (const ns of ['net', 'ipc', 'uts'] as const) t.equal(String(rep.ns[ns]), String(p.ns[ns]), `${ns} namespace is the pod's`)
   const served = agent.lines().find((l) => l.msg === 'decision' && l.outcome === 'authorised')
   t.equal(served?.peer, r.pid, 'the agent logged the front as its peer')
-  const lease = JSON.parse((await import('node:fs')).readFileSync(`${stateDir}/uids/${UID}`, 'utf8'))
+  const lease = JSON.parse(readFileSync(`${stateDir}/uids/${UID}`, 'utf8'))
   t.same(lease, { vm: vm.uuid, name: vm.name, pid: r.pid, startTime: lease.startTime, launcher: { pid: p.pid, startTime: lease.launcher.startTime } },
     'the lease names the front (now QEMU) and the pod\'s launcher')
+
+  const cli = (args: string[]) => new Promise<{ code: number; stdout: string; stderr: string }>((res) => {
+    execFile(process.execPath, [ENTRY, ...args], (e, stdout, stderr) => res({ code: e === null ? 0 : Number((e as { code: number }).code), stdout, stderr }))
+  })
+  // The stand-in QEMU has exited already, so its lease names no live VM: the agent's status
+  // (status/collect.ts) lists live ones only. This checks the op's wiring, not the collection.
+  const json = await cli(['status', vm.name, '--output', 'json'])
+  t.equal(json.code, 0, json.stderr)
+  t.same(JSON.parse(json.stdout), { stats: [] })
+  const human = await cli(['status'])
+  t.equal(human.code, 0, human.stderr)
+  const bad = await cli(['status', '../x'])
+  t.equal(bad.code, 64, 'the agent\'s refusal comes back with its code')
+  t.match(bad.stderr, /"code":"ERR_USAGE"/)
+  const metrics = await cli(['metrics'])
+  t.equal(metrics.code, 0, metrics.stderr)
+  t.match(metrics.stdout, /qemu_kube_decisions_total\{outcome="authorised",code="OK",path="agent"\} 1/)
+  t.match(metrics.stdout, /qemu_kube_decisions_total\{outcome="refused",code="ERR_UID_IN_USE",path="agent"\} 1/)
 })
 
 t.test('SIGTERM: no new connections, the in-flight request drains, exit 0; then standalone serves (agent absent)', async (t) => {
