@@ -1,7 +1,7 @@
 // formatStatus: CRI's names and types in json, a safe table for humans, a refused format.
 import t from 'tap'
 import type { StatusEntry } from '../../src/emulator/status/collect.ts'
-import { formatStatus, printable, type StatusFormat } from '../../src/emulator/status/format.ts'
+import { entriesFromJson, formatStatus, printable, type StatusFormat } from '../../src/emulator/status/format.ts'
 
 const A = '11111111-aaaa-4aaa-8aaa-000000000001'
 const ns = { mnt: '4026532001', net: '4026532002', ipc: '4026532003', uts: '4026532004', cgroup: '4026532005', pid: '4026531836', user: '4026531837' }
@@ -80,4 +80,20 @@ t.test('an unknown format is refused with ERR_USAGE', async (t) => {
     got = { name: (e as Error).name, code: (e as { code: string }).code, message: (e as Error).message }
   }
   t.same(got, { name: 'QkError', code: 'ERR_USAGE', message: '--output must be one of human, json, got "yaml"' })
+})
+
+t.test('entriesFromJson inverts the json exactly (the CLI prints the agent\'s reply as a table)', async (t) => {
+  const entries = [entry(), entry({ vm: 'b', name: null, launcher: null, cpu: null, memory: null, cgroup: null,
+    qemu: { pid: 301, helperPid: 300, startTime: '1', uid: null, namespaces: { ...ns, user: null }, uptimeSeconds: null }, problems: ['p'] })]
+  t.same(entriesFromJson(formatStatus(entries, 'json')), entries)
+  t.equal(formatStatus(entriesFromJson(formatStatus(entries, 'json')), 'human'), formatStatus(entries, 'human'))
+  for (const bad of ['', '{}', '{"stats":[{}]}', '{"stats":{}}']) {
+    let got: unknown
+    try {
+      entriesFromJson(bad)
+    } catch (e) {
+      got = { code: (e as { code: string }).code, message: (e as Error).message }
+    }
+    t.same(got, { code: 'ERR_INTERNAL', message: `the status reply is not formatStatus json (${bad.length} bytes)` }, JSON.stringify(bad))
+  }
 })

@@ -38,6 +38,47 @@ function criStats(e: StatusEntry): Record<string, unknown> {
   return out
 }
 
+type CriStats = {
+  cpu?: { timestamp: string; usage_core_nano_seconds: { value: string } }
+  memory?: { timestamp: string; working_set_bytes: { value: string } }
+  qemu_kube: {
+    uuid: string; name: string | null; uid: number
+    qemu: { pid: number; helper_pid?: number | null; uid: number | null; start_time: string; namespaces: StatusEntry['qemu']['namespaces'] }
+    launcher: StatusEntry['launcher']; cgroup: string | null; uptime_seconds: number | null; problems: string[]
+    cgroup_dirs: { cpu: { source: 'v1' | 'v2'; dir: string } | null; memory: { source: 'v1' | 'v2'; dir: string } | null }
+  }
+}
+
+/**
+ * The entries back from `json` (the CLI gets JSON from the agent and prints the table here):
+ * the exact inverse of criStats, so the mapping is written once, in this file.
+ */
+export function entriesFromJson(body: string): StatusEntry[] {
+  let stats: CriStats[]
+  try {
+    stats = (JSON.parse(body) as { stats: CriStats[] }).stats
+    if (!Array.isArray(stats)) throw new Error('no stats')
+    return stats.map((s) => {
+      const q = s.qemu_kube
+      return {
+        uid: q.uid,
+        vm: q.uuid,
+        name: q.name,
+        qemu: { pid: q.qemu.pid, helperPid: q.qemu.helper_pid ?? null, startTime: q.qemu.start_time, uid: q.qemu.uid, namespaces: q.qemu.namespaces, uptimeSeconds: q.uptime_seconds },
+        launcher: q.launcher,
+        cgroup: q.cgroup,
+        cpu: s.cpu === undefined || q.cgroup_dirs.cpu === null ? null
+          : { timestamp: BigInt(s.cpu.timestamp), usageCoreNanoSeconds: BigInt(s.cpu.usage_core_nano_seconds.value), source: q.cgroup_dirs.cpu.source, dir: q.cgroup_dirs.cpu.dir },
+        memory: s.memory === undefined || q.cgroup_dirs.memory === null ? null
+          : { timestamp: BigInt(s.memory.timestamp), workingSetBytes: BigInt(s.memory.working_set_bytes.value), source: q.cgroup_dirs.memory.source, dir: q.cgroup_dirs.memory.dir },
+        problems: q.problems,
+      }
+    })
+  } catch {
+    throw new QkError('ERR_INTERNAL', `the status reply is not formatStatus json (${body.length} bytes)`)
+  }
+}
+
 const HEADER = ['UUID', 'NAME', 'UID', 'QEMU', 'LAUNCHER', 'UPTIME', 'CPU', 'MEMORY', 'CGROUP'] as const
 
 function human(entries: readonly StatusEntry[]): string {
