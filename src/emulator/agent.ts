@@ -214,14 +214,17 @@ function handle(sock: Socket, current: () => AgentState, log: Logger, net: Socke
     sock.removeAllListeners('data')
     sock.on('data', () => {})
     const seconds = Number(process.hrtime.bigint() - started) / 1e9
-    const fields = { ...a.decision, durationMs: Math.round(seconds * 1e5) / 100, peer: peer?.pid }
+    const durationMs = Math.round(seconds * 1e5) / 100
+    const fields = { ...a.decision, durationMs, peer: peer?.pid }
+    // The front writes the reply's decision as the standalone chain writes its own: durationMs too.
+    const reply = a.reply.outcome === 'ok' ? a.reply : { ...a.reply, decision: { ...a.reply.decision, durationMs } }
     const what = op === 'status' || op === 'metrics' ? op : 'decision'
     if (a.decision.outcome === 'refused') log.error(fields, what)
     else if (a.reply.outcome === 'ok') log.info({ op, outcome: 'ok', durationMs: fields.durationMs, peer: peer?.pid }, what)
     else log.info(fields, what)
     if (what === 'decision') o.observe?.(a.decision, seconds)
     try {
-      send(sock, fd, encodeReply(a.reply), a.fds, net, log)
+      send(sock, fd, encodeReply(reply), a.fds, net, log)
     } finally {
       for (const f of fdsToClose) closeQuietly(f)
       if (peer !== undefined && peer.pidfd >= 0) closeQuietly(peer.pidfd)
@@ -282,7 +285,8 @@ async function bodyOf(req: AgentRequest, state: AgentState, o: AgentOptions): Pr
  * after, then the pidfd is asked whether it still lives: if so, the pid still names it, and the
  * start time read is its own. It becomes QEMU, so the replay record and the uid lease name it.
  */
-function who(fd: number, net: SocketOps, procRoot: string): { pid: number; pidfd: number; front: Consumer } {
+export function who(fd: number, net: SocketOps, procRoot: string,
+  alive: (pidfd: number) => boolean = (p) => sys().pidfdSignalZero(p) === 0): { pid: number; pidfd: number; front: Consumer } {
   const cred = net.peerCred(fd)
   if (cred.uid !== 0) {
     throw new QkError('ERR_CALLER_NOT_ALLOWED', `the agent serves root peers only (the setuid front), got SO_PEERCRED uid ${cred.uid} pid ${cred.pid}`,
@@ -291,7 +295,7 @@ function who(fd: number, net: SocketOps, procRoot: string): { pid: number; pidfd
   const pidfd = net.peerPidfd(fd)
   if (pidfd < 0) throw new QkError('ERR_OS', `getsockopt(SO_PEERPIDFD) failed: errno ${-pidfd} (Linux 6.5 or later is needed)`)
   const stat = readStat(procRoot, cred.pid)
-  if (stat === undefined || sys().pidfdSignalZero(pidfd) !== 0) {
+  if (stat === undefined || !alive(pidfd)) {
     closeQuietly(pidfd)
     throw new QkError('ERR_OS', `the peer (pid ${cred.pid}) exited before its request was read`, { pid: cred.pid })
   }

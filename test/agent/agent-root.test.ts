@@ -253,6 +253,7 @@ t.test('a launch through the real front into a real podman pod: the agent serves
   const line = JSON.parse(r.stderr.trim().split('\n')[0]!)
   t.equal(line.outcome, 'authorised')
   t.equal(line.path, 'agent')
+  t.type(line.durationMs, 'number', 'with its duration, as the standalone line')
   t.equal(line.target.pid, p.pid)
   const rep = JSON.parse(r.stdout)
   t.equal(rep.pid, r.pid, 'QEMU is the process libvirt spawned')

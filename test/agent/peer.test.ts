@@ -1,0 +1,45 @@
+// Who the agent serves: a root peer, pinned by SO_PEERPIDFD, whose start time is read after the
+// pidfd was taken and counts only while that pidfd's process lives (agent.ts who()).
+import t from 'tap'
+import { who } from '../../src/emulator/agent.ts'
+import type { SocketOps } from '../../src/emulator/agent-socket.ts'
+import { fakeProc } from '../helpers/fakeproc.ts'
+
+const net = (cred: { pid: number; uid: number; gid: number }, pidfd = 90): SocketOps => ({
+  peerCred: () => cred,
+  peerPidfd: () => pidfd,
+  sendWithFds: () => -1,
+})
+const refusal = (fn: () => unknown) => {
+  try {
+    fn()
+  } catch (e) {
+    return { code: (e as { code: string }).code, message: (e as Error).message }
+  }
+  return undefined
+}
+
+t.test('a root peer is named by its pid and start time, with its pidfd', async (t) => {
+  const proc = fakeProc(t, [{ pid: 700, argv: ['qemu-kube'], startTime: '4242' }])
+  t.same(who(3, net({ pid: 700, uid: 0, gid: 0 }), proc, () => true), { pid: 700, pidfd: 90, front: { pid: 700, startTime: '4242' } })
+})
+
+t.test('a peer that is not root is refused: ERR_CALLER_NOT_ALLOWED', async (t) => {
+  const proc = fakeProc(t, [{ pid: 700, argv: ['x'] }])
+  t.same(refusal(() => who(3, net({ pid: 700, uid: 65534, gid: 65534 }), proc, () => true)), {
+    code: 'ERR_CALLER_NOT_ALLOWED', message: 'the agent serves root peers only (the setuid front), got SO_PEERCRED uid 65534 pid 700',
+  })
+})
+
+t.test('no SO_PEERPIDFD, or a peer that died (its start time could be a successor\'s): ERR_OS', async (t) => {
+  const proc = fakeProc(t, [{ pid: 700, argv: ['x'] }])
+  t.same(refusal(() => who(3, net({ pid: 700, uid: 0, gid: 0 }, -92), proc, () => true)), {
+    code: 'ERR_OS', message: 'getsockopt(SO_PEERPIDFD) failed: errno 92 (Linux 6.5 or later is needed)',
+  })
+  t.same(refusal(() => who(3, net({ pid: 700, uid: 0, gid: 0 }), proc, () => false)), {
+    code: 'ERR_OS', message: 'the peer (pid 700) exited before its request was read',
+  })
+  t.same(refusal(() => who(3, net({ pid: 701, uid: 0, gid: 0 }), proc, () => true)), {
+    code: 'ERR_OS', message: 'the peer (pid 701) exited before its request was read',
+  })
+})
