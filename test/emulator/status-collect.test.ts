@@ -1,7 +1,7 @@
 // collectStatus against fake /proc and cgroup trees: which leases count, what each entry says,
 // the v1-before-v2 rule, kubelet's working set, and the refusals.
 import t, { type Test } from 'tap'
-import { mkdirSync, symlinkSync, writeFileSync } from 'node:fs'
+import { mkdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
 import { dirname } from 'node:path'
 import { collectStatus, type StatusConfig } from '../../src/emulator/status/collect.ts'
 import type { SkippedLease } from '../../src/emulator/status/leases.ts'
@@ -157,6 +157,26 @@ t.test('locks, temp files and torn leases: the others are still listed, the torn
 t.test('no uids directory yet: no VMs', async (t) => {
   const base = tempDir(t)
   t.same(collectStatus({ proc_root: base, cgroup_root: base, state_dir: `${base}/none` }), [])
+})
+
+t.test('an unreadable uids directory or mountinfo is ERR_OS naming the path', async (t) => {
+  const refusal = (fn: () => unknown) => {
+    try {
+      fn()
+    } catch (e) {
+      return { name: (e as Error).name, code: (e as { code: string }).code, message: (e as Error).message }
+    }
+    return undefined
+  }
+  const base = tempDir(t)
+  writeFileSync(`${base}/uids`, 'a file, not a directory')
+  t.same(refusal(() => collectStatus({ proc_root: base, cgroup_root: base, state_dir: base })),
+    { name: 'QkError', code: 'ERR_OS', message: `cannot list the uid leases in ${base}/uids: ENOTDIR` })
+  const n = node(t, [qemu(300)])
+  n.lease(20001, { vm: A, pid: 300, startTime: '1300' })
+  rmSync(`${n.proc}/self/mountinfo`)
+  t.same(refusal(() => collectStatus(n.cfg)),
+    { name: 'QkError', code: 'ERR_OS', message: `cannot read ${n.proc}/self/mountinfo: ENOENT` })
 })
 
 t.test('lease records: each rule named', async (t) => {

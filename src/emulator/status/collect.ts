@@ -9,7 +9,7 @@
 // the pod's; a QEMU found elsewhere (someone moved it) is reported as a problem.
 import { readFileSync } from 'node:fs'
 import type { Config } from '../config.ts'
-import { QkError } from '../errors.ts'
+import { QkError, errnoOf } from '../errors.ts'
 import { podUsage } from './cgroup-usage.ts'
 import { readLeases, type LeaseRecord, type SkippedLease } from './leases.ts'
 import { namespacesOf, pidNsChildOf, realUidOf, startTimeOf, uptimeSeconds, type StatusNamespace } from './proc-facts.ts'
@@ -65,7 +65,7 @@ export function collectStatus(cfg: StatusConfig, vmFilter?: string, opts: Collec
   const out: StatusEntry[] = []
   for (const lease of leases) {
     if (startTimeOf(cfg.proc_root, lease.pid) !== lease.startTime) continue // that VM has ended
-    mountinfo ??= readFileSync(`${cfg.proc_root}/self/mountinfo`, 'utf8')
+    mountinfo ??= readMountinfo(cfg.proc_root)
     const entry = entryFor(cfg, lease, mountinfo, now)
     if (startTimeOf(cfg.proc_root, lease.pid) !== lease.startTime) continue // ended while we read
     out.push(entry)
@@ -117,6 +117,14 @@ function entryFor(cfg: StatusConfig, lease: LeaseRecord, mountinfo: string, now:
     cpu,
     memory,
     problems,
+  }
+}
+
+function readMountinfo(procRoot: string): string {
+  try {
+    return readFileSync(`${procRoot}/self/mountinfo`, 'utf8')
+  } catch (err) {
+    throw new QkError('ERR_OS', `cannot read ${procRoot}/self/mountinfo: ${errnoOf(err) ?? 'error'}`, { path: `${procRoot}/self/mountinfo` })
   }
 }
 

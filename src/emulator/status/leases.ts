@@ -7,7 +7,7 @@
 // tampering; status must still list every other VM, so such a file is skipped and reported, never
 // fatal. Whether a lease's process still lives is decided by the caller (pid + start time).
 import { readFileSync, readdirSync } from 'node:fs'
-import { errnoOf } from '../errors.ts'
+import { QkError, errnoOf } from '../errors.ts'
 
 export interface LeaseRecord {
   uid: number
@@ -35,7 +35,7 @@ export function readLeases(stateDir: string, onSkip: (s: SkippedLease) => void =
     names = readdirSync(dir)
   } catch (err) {
     if (errnoOf(err) === 'ENOENT') return [] // no launch has happened on this node yet
-    throw err
+    throw new QkError('ERR_OS', `cannot list the uid leases in ${dir}: ${errnoOf(err) ?? 'error'}`, { path: dir })
   }
   const out: LeaseRecord[] = []
   // The directory also holds UID.lock and UID.PID.tmp; only bare uids are leases.
