@@ -206,7 +206,10 @@ function handle(sock: Socket, current: () => AgentState, log: Logger, net: Socke
   // status/metrics are no launch decisions: logged as their op, not counted in the metrics.
   let op: AgentRequest['op'] | undefined
   const finish = (a: Answer, fdsToClose: number[] = a.fds) => {
-    if (answered) return
+    if (answered) {
+      for (const f of fdsToClose) closeQuietly(f)
+      return
+    }
     answered = true
     clearTimeout(deadline)
     // Whatever the peer still sends is read and dropped, so a peer stuck in its write sees the
@@ -263,6 +266,9 @@ function handle(sock: Socket, current: () => AgentState, log: Logger, net: Socke
   const dispatch = (req: AgentRequest) => {
     clearTimeout(deadline)
     op = req.op
+    // One request per connection: whatever follows is dropped, never parsed as a second one.
+    sock.removeAllListeners('data')
+    sock.on('data', () => {})
     const state = current()
     const work: Promise<Answer> = req.op === 'launch'
       ? answerLaunch(req, peer!.front, state, sys())
