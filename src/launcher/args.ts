@@ -1,6 +1,7 @@
 // virt-launcher's command line, Go `flag` style as KubeVirt writes it: `-name value`, also
 // `--name value`, `-name=value`, `--name=value`. Parsing stops at `--` or the first non-flag.
 import { QkError } from '../emulator/errors.ts'
+import { ID_RE, SHARED } from '../shared/constants.ts'
 
 export interface LauncherArgs {
   uuid: string
@@ -31,13 +32,14 @@ const FLAGS = {
   'qemu-stop-timeout': 'qemuStopTimeout',
 } as const satisfies Record<string, keyof LauncherArgs>
 
-export const DEFAULT_QEMU_LINK = '/var/run/kubevirt-private/qemu-kube/launcher.sock'
+export const DEFAULT_QEMU_LINK = SHARED.DEFAULT_QEMU_LINK
+const DEFAULT_EMULATOR = `${SHARED.DEFAULT_PREFIX}/bin/qemu-kube`
 
 export const USAGE = `usage: virt-launcher -kubevirt.vm.uuid UUID -kubevirt.vm.name NAME -qemu-uid UID [options]
   -qemu-uid UID          the VM's own host uid (and gid), allocated by virt-handler; 1..4294967294
-  -secret-path PATH      where the launch token sits in this pod (default /var/run/kubevirt/qemu-kube/token)
+  -secret-path PATH      where the launch token sits in this pod (default ${SHARED.DEFAULT_POD_SECRET_PATH})
   -token-file FILE       development: install FILE's token at -secret-path first
-  -emulator PATH         qemu-kube on the node (default /var/lib/kubevirt/qemu-kube/bin/qemu-kube)
+  -emulator PATH         qemu-kube on the node (default ${DEFAULT_EMULATOR})
   -domain-xml-out FILE   write the domain XML fragment (with the token) there, mode 0600
   -ready-file FILE       touch FILE once the pod is ready
   -qemu-link PATH        unix socket where QEMU hands over its pidfd (default ${DEFAULT_QEMU_LINK}; "" disables)
@@ -46,8 +48,8 @@ Runs until SIGTERM or SIGINT, reaping every child (it is the pod's PID 1); then 
 
 export function parseArgs(argv: readonly string[]): LauncherArgs {
   const raw: Partial<Record<keyof LauncherArgs, string>> = {
-    secretPath: '/var/run/kubevirt/qemu-kube/token',
-    emulator: '/var/lib/kubevirt/qemu-kube/bin/qemu-kube',
+    secretPath: SHARED.DEFAULT_POD_SECRET_PATH,
+    emulator: DEFAULT_EMULATOR,
     qemuLink: DEFAULT_QEMU_LINK,
     qemuStopTimeout: '10',
   }
@@ -64,7 +66,7 @@ export function parseArgs(argv: readonly string[]): LauncherArgs {
   }
   if (raw.uuid === undefined || raw.name === undefined) throw usage('-kubevirt.vm.uuid and -kubevirt.vm.name are required')
   for (const [flag, v] of [['uuid', raw.uuid], ['name', raw.name]] as const) {
-    if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$/.test(v)) throw usage(`-kubevirt.vm.${flag} must be a short printable identifier`)
+    if (!ID_RE.test(v)) throw usage(`-kubevirt.vm.${flag} expected ${SHARED.ID_PATTERN} (what qemu-kube accepts as KUBEVIRT_VM_${flag.toUpperCase()}), got ${JSON.stringify(v.slice(0, 64))}`)
   }
   for (const k of ['secretPath', 'emulator'] as const) if (!raw[k]!.startsWith('/')) throw usage(`-${k} must be an absolute path`)
   // Required: the launcher always hands out the fragment (stdout at least), and a fragment

@@ -5,8 +5,9 @@
 // claim is -qemu-uid; hand out the domain XML fragment (full to a 0600 file, redacted to
 // stdout); open the QEMU link; signal readiness; then live as a well-behaved PID 1 until
 // SIGTERM/SIGINT, when it asks every linked QEMU's watcher to stop it, waits for them, and exits 0. Only this file ends the process.
-import { readFileSync, writeFileSync } from 'node:fs'
-import { asQkError, QkError } from '../emulator/errors.ts'
+import { closeSync, openSync, readFileSync, writeFileSync } from 'node:fs'
+import { dirname } from 'node:path'
+import { asQkError, errnoOf, QkError } from '../emulator/errors.ts'
 import { parseArgs, USAGE } from './args.ts'
 import { domainFragment } from './domain-xml.ts'
 import { bindLibc } from './libc.ts'
@@ -23,12 +24,15 @@ function main(argv: readonly string[]): void {
   }
   const args = parseArgs(argv)
   const libc = bindLibc()
-  if (args.tokenFile !== undefined) installToken(args.tokenFile, args.secretPath)
+  if (args.tokenFile !== undefined) {
+    mustRead(args.tokenFile)
+    installToken(args.tokenFile, args.secretPath)
+  }
   checkToken(args.secretPath)
   const token = readFileSync(args.secretPath, 'utf8').trim()
   checkUidClaim(token, args.qemuUid)
   const fragment = { emulator: args.emulator, uuid: args.uuid, name: args.name, token, qemuUid: args.qemuUid }
-  if (args.domainXmlOut !== undefined) writeFileSync(args.domainXmlOut, domainFragment(fragment), { mode: 0o600 })
+  if (args.domainXmlOut !== undefined) writeOutput(args.domainXmlOut, domainFragment(fragment))
   process.stdout.write(domainFragment(fragment, true))
   const link: QemuLink | null = args.qemuLink === null ? null : startQemuLink(libc, args.qemuLink, log)
   if (args.readyFile !== undefined) writeFileSync(args.readyFile, `${process.pid}\n`)
@@ -54,6 +58,30 @@ function main(argv: readonly string[]): void {
     })
   }
   setInterval(() => {}, 1 << 30) // stay alive; the signal handlers end us
+}
+
+/** -token-file must name a readable file: 66, not a copy error after "installing". */
+function mustRead(file: string): void {
+  try {
+    closeSync(openSync(file, 'r'))
+  } catch (e) {
+    const errno = errnoOf(e)
+    const why = errno === 'ENOENT' ? 'does not exist' : errno === 'EACCES' ? `is not readable by uid ${process.getuid?.() ?? '?'}` : `cannot be read (${errno ?? 'unknown error'})`
+    throw new QkError('ERR_INPUT_MISSING', `-token-file ${file} ${why}`, { file })
+  }
+}
+
+/** The fragment holds the token: 0600, and a failure names the directory at fault (73). */
+function writeOutput(file: string, text: string): void {
+  try {
+    writeFileSync(file, text, { mode: 0o600 })
+  } catch (e) {
+    const errno = errnoOf(e)
+    const why = errno === 'ENOENT' || errno === 'ENOTDIR' ? `directory ${dirname(file)} does not exist`
+      : errno === 'EACCES' || errno === 'EPERM' || errno === 'EROFS' ? `directory ${dirname(file)} is not writable by uid ${process.getuid?.() ?? '?'} (${errno})`
+        : errno === 'EISDIR' ? 'it is a directory' : `${errno ?? 'unknown error'}`
+    throw new QkError('ERR_OUTPUT_UNWRITABLE', `-domain-xml-out: cannot write ${file}: ${why}`, { file })
+  }
 }
 
 function log(level: string, msg: string, extra: object = {}): void {

@@ -57,3 +57,10 @@ t.test('what the launcher accepts, qemu-kube finds', async (t) => {
     t.ok(carriesVm(['virt-launcher', '/x/virt-launcher.cjs', ...argv], 'u-1', 'vm1'))
   }
 })
+
+t.test('-kubevirt.vm.*: the id pattern qemu-kube checks, said with what was given', async (t) => {
+  refuses(['-kubevirt.vm.uuid', 'a b', '-kubevirt.vm.name', 'n', '-qemu-uid', '1'],
+    '-kubevirt.vm.uuid expected ^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$ (what qemu-kube accepts as KUBEVIRT_VM_UUID), got "a b"')
+  refuses(['-kubevirt.vm.uuid', 'u', '-kubevirt.vm.name', '-x', '-qemu-uid', '1'],
+    '-kubevirt.vm.name expected ^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$ (what qemu-kube accepts as KUBEVIRT_VM_NAME), got "-x"')
+})
