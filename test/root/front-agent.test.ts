@@ -9,7 +9,7 @@ import t, { type Test } from 'tap'
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process'
 import { chmodSync, closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs'
 import { createInterface } from 'node:readline'
-import { FIXTURES, REPO } from '../helpers/install.ts'
+import { FIXTURES, REPO, installTemp } from '../helpers/install.ts'
 import { gidOf, uidOf } from '../helpers/ids.ts'
 import { makePod, requireRoot } from '../helpers/pod.ts'
 
@@ -286,4 +286,34 @@ t.test('a request over 256 KiB is refused, never sent', async (t) => {
   const big = ['-S', 'x'.repeat(100 * 1024), 'y'.repeat(100 * 1024), 'z'.repeat(60 * 1024)]
   refusal(t, await runFront(big), 64, 'ERR_FRONT_REQUEST_TOO_BIG', 'the QEMU argv and environment exceed the agent\'s 256 KiB request limit')
   t.equal(a.proc.exitCode, null, 'the agent got no connection')
+})
+
+t.test('with the real Node: its decision line says path standalone and the AGENT the front gave it', async (t) => {
+  const inst = installTemp(t, GROUP)
+  inst.writeConfig({ vm_uid_range: [UID, UID], qemu_binary: REPORTER, probe_qemu_binary: REPORTER, state_dir: `${base}/state` })
+  const dir = `${inst.sysconfdir}/qemu-kube-agent`
+  const run = (args: string[]) => new Promise<Run>((res) => {
+    const c = spawn(inst.front, args, { uid: UID, gid: GID, stdio: ['ignore', 'pipe', 'pipe'], env: { PATH: '/usr/bin:/bin' } })
+    let stdout = ''
+    let stderr = ''
+    c.stdout!.on('data', (d) => (stdout += d))
+    c.stderr!.on('data', (d) => (stderr += d))
+    c.on('close', (code) => res({ pid: c.pid!, code, stdout, stderr }))
+  })
+  const PROBE = ['-S', '-no-user-config', '-nodefaults', '-nographic', '-machine', 'none,accel=kvm:tcg',
+    '-qmp', 'unix:/tmp/qk-fa-probe.monitor,server=on,wait=off', '-pidfile', '/tmp/qk-fa-probe.pid', '-daemonize']
+  let r = await run(PROBE)
+  t.equal(r.code, 0, r.stderr)
+  let d = JSON.parse(r.stderr.trim().split('\n').at(-1)!)
+  t.same([d.msg, d.outcome, d.path, d.agent], ['decision', 'probe', 'standalone', 'absent'], 'no socket: absent')
+  t.equal(JSON.parse(r.stdout).uid, UID, 'and the probe ran')
+
+  mkdirSync(dir, { mode: 0o700 })
+  chmodSync(dir, 0o700)
+  const stale = spawn('python3', [`${REPO}/test/fixtures/fake-agent.py`, `${dir}/agent.sock`, 'stale', '/dev/null', '/dev/null'], { stdio: 'ignore' })
+  await new Promise((res) => stale.once('exit', res))
+  r = await run(PROBE)
+  t.equal(r.code, 0, r.stderr)
+  d = JSON.parse(r.stderr.trim().split('\n').at(-1)!)
+  t.same([d.path, d.agent], ['standalone', 'down:ECONNREFUSED'], 'a stale socket: down:ECONNREFUSED')
 })
