@@ -219,8 +219,11 @@ function handle(sock: Socket, current: () => AgentState, log: Logger, net: Socke
     const seconds = Number(process.hrtime.bigint() - started) / 1e9
     const durationMs = Math.round(seconds * 1e5) / 100
     const fields = { ...a.decision, durationMs, peer: peer?.pid }
-    // The front writes the reply's decision as the standalone chain writes its own: durationMs too.
-    const reply = a.reply.outcome === 'ok' ? a.reply : { ...a.reply, decision: { ...a.reply.decision, durationMs } }
+    // The front writes the reply's decision to libvirt's log as is: the same line, field for
+    // field, as the standalone chain's pino line (log.ts), its pid the front's (it becomes QEMU).
+    const level = a.decision.outcome === 'refused' ? 'error' : 'info'
+    const line = { level, time: new Date().toISOString(), pid: peer?.pid, name: 'qemu-kube', ...a.decision, durationMs, msg: 'decision' }
+    const reply = a.reply.outcome === 'ok' ? a.reply : { ...a.reply, decision: line }
     const what = op === 'status' || op === 'metrics' ? op : 'decision'
     if (a.decision.outcome === 'refused') log.error(fields, what)
     else if (a.reply.outcome === 'ok') log.info({ op, outcome: 'ok', durationMs: fields.durationMs, peer: peer?.pid }, what)

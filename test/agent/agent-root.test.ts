@@ -162,7 +162,12 @@ t.test('a probe is answered with the same env and enter options as the standalon
   t.same(field(r, 'env'), ['PATH=/usr/sbin:/usr/bin:/sbin:/bin', 'LC_ALL=C'])
   t.same(field(r, 'enter'), ['--pid=0', '--ns=', `--uid=${UID}`, `--gid=${GID}`, '--groups=', '--fds=0,1,2', '--mnt=pod', '--carry=',
     '--carry-roots=', '--devices=', '--pod-link=', `--exec-host=${FIXTURES}/reporter`, '--', `${FIXTURES}/reporter`, ...PROBE_ARGS])
-  t.same(decision(r), { outcome: 'probe', code: 'OK', caller: { uid: UID }, qemu: { path: `${FIXTURES}/reporter`, from: 'host' }, path: 'agent' })
+  const d = decision(r)
+  t.same(Object.keys(d), ['level', 'time', 'pid', 'name', 'outcome', 'code', 'caller', 'qemu', 'path', 'durationMs', 'msg'],
+    'the fields of the standalone chain\'s pino line, in its order')
+  t.same({ ...d, time: 'T', pid: 'P', durationMs: 'D' }, { level: 'info', time: 'T', pid: 'P', name: 'qemu-kube', outcome: 'probe', code: 'OK',
+    caller: { uid: UID }, qemu: { path: `${FIXTURES}/reporter`, from: 'host' }, path: 'agent', durationMs: 'D', msg: 'decision' })
+  t.type(d.pid, 'number', 'the peer\'s pid')
   t.same(r.fds, [])
 })
 
@@ -252,6 +257,8 @@ t.test('a launch through the real front into a real podman pod: the agent serves
   t.equal(agentFds(), fdsBefore, 'every fd opened for the launch was closed once replied')
   const line = JSON.parse(r.stderr.trim().split('\n')[0]!)
   t.equal(line.outcome, 'authorised')
+  t.equal(line.msg, 'decision')
+  t.equal(line.pid, r.pid, 'the line names the front (it became QEMU), as the standalone line names its own pid')
   t.equal(line.path, 'agent')
   t.type(line.durationMs, 'number', 'with its duration, as the standalone line')
   t.equal(line.target.pid, p.pid)
