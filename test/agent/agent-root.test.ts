@@ -4,7 +4,8 @@
 // by the installed setuid front; a real podman pod for the launch.
 import t, { type Test } from 'tap'
 import { execFile, spawn, type ChildProcess } from 'node:child_process'
-import { chmodSync, closeSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs'
+import { chmodSync, closeSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, utimesSync, writeFileSync } from 'node:fs'
+import { createHash } from 'node:crypto'
 import { build } from 'esbuild'
 import { SignJWT } from 'jose'
 import { FIXTURES, REPO, installTemp, toml } from '../helpers/install.ts'
@@ -322,19 +323,63 @@ t.test('standalone where proc_root is not our pid namespace: ERR_AGENT_UNAVAILAB
   t.equal(r.stdout, '', 'QEMU never ran')
 })
 
+// The agent recorded a launch (its replay record names the front) and died before its reply;
+// the front fell back to standalone, which is the same process (same pid and start time): it
+// must accept the record as its own. The front is held (SIGSTOP, then exec in place, so pid and
+// start time are the front's) while the test writes the record the agent would have written.
+t.test('a record the agent wrote for this very front is accepted by its standalone fallback; one naming another process is a replay', { skip: podmanUnavailable() ?? false }, async (t) => {
+  const vm = { uuid: `agent-${process.pid}-fallback`, name: 'fallbackvm' }
+  const tok = await token(next, vm)
+  const jti = JSON.parse(Buffer.from(tok.split('.')[1]!, 'base64url').toString()).jti as string
+  const p = await makePodmanPod({ uuid: vm.uuid, name: vm.name, token: tok, qemuUid: UID, volumes: [`${FIXTURES}:${FIXTURES}:ro`] })
+  t.teardown(() => p.destroy())
+  const env = { KUBEVIRT_VM_UUID: vm.uuid, KUBEVIRT_VM_NAME: vm.name, KUBEVIRT_SECRET: tok }
+  const record = `${stateDir}/${createHash('sha256').update(jti).digest('hex')}`
+  const exp = Math.floor(Date.now() / 1000) + 60
+  const writeRecord = (content: string) => {
+    mkdirSync(stateDir, { recursive: true, mode: 0o700 })
+    writeFileSync(record, content, { mode: 0o600 })
+    utimesSync(record, exp, exp)
+  }
+
+  const other = await runFront(['-name', 'guest=fallback', '-S'], env, (pid) => writeRecord(`${pid + 1} ${startTimeOf(pid)}\n`))
+  t.equal(other.code, 77)
+  t.equal(JSON.parse(other.stderr.trim()).code, 'ERR_TOKEN_REPLAYED', 'a record naming another process is a replay')
+
+  const own = await runFront(['-name', 'guest=fallback', '-S'], env, (pid) => writeRecord(`${pid} ${startTimeOf(pid)}\n`))
+  t.equal(own.code, 0, own.stderr)
+  const line = JSON.parse(own.stderr.trim().split('\n')[0]!)
+  t.same({ outcome: line.outcome, path: line.path, agent: line.agent, jti: line.jti }, { outcome: 'authorised', path: 'standalone', agent: 'absent', jti })
+  t.equal(JSON.parse(own.stdout).pid, own.pid, 'QEMU started, in place')
+})
+
+function startTimeOf(pid: number): string {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'latin1')
+  return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19]!
+}
+
 interface Run { pid: number; code: number | null; stdout: string; stderr: string }
 
-/** The installed front as libvirt runs it: as the VM's uid, fds 5 and 28 open. */
-function runFront(args: string[], env: Record<string, string>): Promise<Run> {
+/**
+ * The installed front as libvirt runs it: as the VM's uid, fds 5 and 28 open. With `held`, a
+ * shell stops itself first and execs the front in place once `held(pid)` has run.
+ */
+async function runFront(args: string[], env: Record<string, string>, held?: (pid: number) => void): Promise<Run> {
   const fd5 = openSync('/dev/null', 'r')
   const fd28 = openSync('/dev/null', 'r')
   const stdio: any[] = ['ignore', 'pipe', 'pipe']
   stdio[5] = fd5
   stdio[28] = fd28
   for (let i = 3; i < 28; i++) stdio[i] ??= 'ignore'
-  const child = spawn(inst.front, args, { uid: UID, gid: GID, stdio, env: { PATH: '/usr/bin:/bin', ...env } })
+  const [exe, argv] = held === undefined ? [inst.front, args] : ['/bin/sh', ['-c', 'kill -STOP $$; exec "$0" "$@"', inst.front, ...args]]
+  const child = spawn(exe, argv, { uid: UID, gid: GID, stdio, env: { PATH: '/usr/bin:/bin', ...env } })
   closeSync(fd5)
   closeSync(fd28)
+  if (held !== undefined) {
+    for (let i = 0; i < 200 && !/^\S+ \(.*\) T /.test(readFileSync(`/proc/${child.pid}/stat`, 'latin1')); i++) await new Promise((r) => setTimeout(r, 10))
+    held(child.pid!)
+    process.kill(child.pid!, 'SIGCONT')
+  }
   let stdout = ''
   let stderr = ''
   child.stdout!.on('data', (d) => (stdout += d))
