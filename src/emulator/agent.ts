@@ -29,7 +29,7 @@ export interface AgentOptions {
   log?: Logger
   /** Whole request deadline, ms (the contract's 2 s; tests may shorten it). */
   requestTimeoutMs?: number
-  /** Answers status/metrics; until the status helper's modules land, those ops are refused. */
+  /** Answers status/metrics (cli-agent.ts wires status/); an op without one is refused (ERR_USAGE). */
   ops?: Partial<Record<'status' | 'metrics', (req: AgentRequest, state: AgentState) => Promise<string>>>
   /** Told of every decision (metrics). */
   observe?: (d: Answer['decision'], seconds: number) => void
@@ -49,7 +49,7 @@ export async function runAgent(o: AgentOptions = {}): Promise<number> {
   process.umask(0o077)
   prepareDir(dirname(socketPath))
   await clearStale(socketPath)
-  const server = createServer({ allowHalfOpen: true, pauseOnConnect: false })
+  const server = createServer({ allowHalfOpen: true })
   const live = new Set<Socket>()
   await listen(server, socketPath)
   chmodSync(socketPath, 0o600)
