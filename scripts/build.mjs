@@ -5,10 +5,11 @@
 // is dist/, which is also what `npx qemu-kube` runs in a clone.
 import { build } from 'esbuild'
 import { execFileSync } from 'node:child_process'
-import { chmodSync, mkdirSync, writeFileSync } from 'node:fs'
+import { chmodSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { resolve } from 'node:path'
 import { parseArgs } from 'node:util'
 import { addCodeCache } from './code-cache.mjs'
+import { loadShared, renderHeader } from './constants-header.mjs'
 
 const { values: o } = parseArgs({
   options: {
@@ -22,6 +23,20 @@ const { values: o } = parseArgs({
 const root = resolve(import.meta.dirname, '..')
 const out = resolve(root, o.out)
 mkdirSync(out, { recursive: true })
+
+// The constants C shares with the TypeScript (src/shared/constants.ts), rendered before make;
+// written only when it changed, so make does not rebuild for nothing.
+const header = renderHeader(await loadShared(root))
+const headerPath = `${root}/native/qk-constants.h`
+if ((() => { try { return readFileSync(headerPath, 'utf8') } catch { return '' } })() !== header) writeFileSync(headerPath, header)
+// `qemu-kube version` names the source it was built from; a tarball without .git says so.
+const revision = (() => {
+  try {
+    return execFileSync('git', ['-C', root, 'describe', '--always', '--dirty', '--tags'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim()
+  } catch {
+    return 'unknown'
+  }
+})()
 
 if (!o['no-native']) {
   execFileSync('make', ['-s', '-C', `${root}/native`, `PREFIX=${o.prefix}`, `SYSCONFDIR=${o.sysconfdir}`, `NODE=${o.node}`, `BUILD=${out}/native`],
@@ -39,7 +54,7 @@ const common = {
   minifyWhitespace: true,
   legalComments: 'none',
   define: {
-    QK_BUILD: JSON.stringify({ prefix: o.prefix, sysconfdir: o.sysconfdir }),
+    QK_BUILD: JSON.stringify({ prefix: o.prefix, sysconfdir: o.sysconfdir, revision, version: JSON.parse(readFileSync(`${root}/package.json`, 'utf8')).version }),
     'import.meta.url': '__qk_url',
     'import.meta.dirname': '__dirname',
   },

@@ -3,7 +3,12 @@
 // Messages name the exact rule and say expected against got; they never carry token or key
 // material (callers pass only our own strings, never a foreign error's message).
 
+import { SHARED } from '../shared/constants.ts'
+
 export const EX_USAGE = 64
+export const EX_DATAERR = 65
+export const EX_NOINPUT = 66
+export const EX_CANTCREAT = 73
 export const EX_SOFTWARE = 70
 export const EX_UNAVAILABLE = 69
 export const EX_OSERR = 71
@@ -12,9 +17,14 @@ export const EX_NOPERM = 77
 export const EX_CONFIG = 78
 
 const table = {
-  ERR_USAGE: [EX_USAGE, 'see `qemu-kube --help`; libvirt passes QEMU arguments, operators use subcommands'],
+  ERR_USAGE: [EX_USAGE, SHARED.HINT_USAGE],
+  ERR_INPUT_MISSING: [EX_NOINPUT, 'the file named must exist and be readable by the user running the command'],
+  ERR_OUTPUT_EXISTS: [EX_CANTCREAT, 'nothing is overwritten: remove the file named or choose another path'],
+  ERR_OUTPUT_UNWRITABLE: [EX_CANTCREAT, 'the directory named must exist and be writable by the user running the command'],
+  ERR_SIGNING_KEY_INVALID: [EX_DATAERR, '--key takes the PEM private key `qemu-kube keygen --private` wrote (the public key goes in token_public_keys)'],
+  ERR_ISSUE_REFUSED: [EX_DATAERR, 'the verifier would refuse this token: keep --ttl, --alg, --qemu-uid and the VM ids within the config (token_max_lifetime, token_algorithms, vm_uid_range, the id pattern), or pass the --config the nodes use'],
   ERR_CONFIG_MISSING: [EX_CONFIG, 'create the config file (see etc/qemu-kube.conf in the release)'],
-  ERR_CONFIG_UNSAFE: [EX_CONFIG, 'the config must be owned by root and not writable by group or others: chown root: FILE && chmod 0644 FILE'],
+  ERR_CONFIG_UNSAFE: [EX_CONFIG, SHARED.HINT_CONFIG_UNSAFE],
   ERR_CONFIG_SYNTAX: [EX_CONFIG, 'the config is qemu.conf-style `key = value` lines read as TOML; fix the line named'],
   ERR_CONFIG_INVALID: [EX_CONFIG, 'fix the key named; `qemu-kube check-config` lists every problem'],
   ERR_KEY_INVALID: [EX_CONFIG, 'each token_public_keys entry must be a root-owned PEM public key, JWK or JWKS file'],
