@@ -3,7 +3,7 @@
 // socket, talked to by a raw client (test/agent/fixtures/raw-client.py: Python's recv_fds) and
 // by the installed setuid front; a real podman pod for the launch.
 import t, { type Test } from 'tap'
-import { execFile, spawn, type ChildProcess } from 'node:child_process'
+import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process'
 import { chmodSync, closeSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, utimesSync, writeFileSync } from 'node:fs'
 import { createHash } from 'node:crypto'
 import { build } from 'esbuild'
@@ -351,6 +351,21 @@ t.test('a record the agent wrote for this very front is accepted by its standalo
   const line = JSON.parse(own.stderr.trim().split('\n')[0]!)
   t.same({ outcome: line.outcome, path: line.path, agent: line.agent, jti: line.jti }, { outcome: 'authorised', path: 'standalone', agent: 'absent', jti })
   t.equal(JSON.parse(own.stdout).pid, own.pid, 'QEMU started, in place')
+})
+
+t.test('a stale socket: the front falls back with AGENT=down:ECONNREFUSED; a new agent unlinks it and serves', async (t) => {
+  execFileSync('python3', ['-c', 'import socket,sys; s=socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.close()', SOCKET])
+  t.ok(lstatSync(SOCKET).isSocket(), 'a socket nobody listens on')
+  const r = await runFront(PROBE_ARGS, {})
+  t.equal(r.code, 0, r.stderr)
+  const line = JSON.parse(r.stderr.trim().split('\n')[0]!)
+  t.same({ outcome: line.outcome, path: line.path, agent: line.agent }, { outcome: 'probe', path: 'standalone', agent: 'down:ECONNREFUSED' })
+
+  const again = await startAgent(t)
+  const served = await raw(encodeRequest(probe))
+  t.same(served.records.slice(0, 2), ['qk-agent-1', 'outcome=probe'], 'the new agent took the stale socket\'s place')
+  again.child.kill('SIGTERM')
+  t.equal(await again.exited, 0)
 })
 
 function startTimeOf(pid: number): string {
