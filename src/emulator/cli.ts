@@ -154,6 +154,9 @@ async function explain(configPath: string, env: Record<string, string | undefine
     const inv = classify(env, qemuArgs)
     if (inv.kind === 'probe') return { decision: { outcome: 'probe', code: 'OK', qemu: { path: config.probe_qemu_binary, from: 'host' } }, exitCode: 0 }
     const uid = as === undefined ? claimedUid(inv.token) : Number(as)
+    if (as === undefined && uid < 0) {
+      throw new QkError('ERR_USAGE', `the token has no numeric "${QEMU_UID_CLAIM}" claim to take the caller's uid from; pass --as UID`)
+    }
     if (!Number.isSafeInteger(uid) || uid < 0) throw new QkError('ERR_USAGE', `--as takes a numeric uid, got ${JSON.stringify(String(as).slice(0, 40))}`)
     const caller = { uid, gid: uid, groups: [uid] }
     const a = await authorise(inv, { config, caller, now: () => new Date(), ops: sys(), consume: false }, trail)

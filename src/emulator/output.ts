@@ -19,13 +19,25 @@ export function emit<T>(format: OutputFormat, value: T, human: (v: T) => string)
   process.stdout.write(text.endsWith('\n') ? text : `${text}\n`)
 }
 
-/** `key: value` lines, nested values as compact JSON; for records without a better layout. */
+/**
+ * `key: value` lines for records without a better layout: nested objects as dotted keys, lists
+ * of scalars comma-separated, anything deeper as compact JSON.
+ */
 export function fields(record: Record<string, unknown>, indent = ''): string {
-  const width = Math.max(0, ...Object.keys(record).map((k) => k.length))
-  return Object.entries(record)
-    .filter(([, v]) => v !== undefined)
-    .map(([k, v]) => `${indent}${`${k}:`.padEnd(width + 2)}${typeof v === 'string' ? v : JSON.stringify(v)}`)
-    .join('\n')
+  const flat: [string, string][] = []
+  const walk = (prefix: string, v: unknown) => {
+    if (v === undefined) return
+    if (typeof v === 'object' && v !== null && !Array.isArray(v) && Object.keys(v).length > 0) {
+      for (const [k, sub] of Object.entries(v)) walk(prefix === '' ? k : `${prefix}.${k}`, sub)
+    } else if (Array.isArray(v) && v.every((x) => typeof x !== 'object' || x === null)) {
+      flat.push([prefix, v.length === 0 ? '(none)' : v.join(', ')])
+    } else {
+      flat.push([prefix, typeof v === 'string' ? v : JSON.stringify(v)])
+    }
+  }
+  for (const [k, v] of Object.entries(record)) walk(k, v)
+  const width = Math.max(0, ...flat.map(([k]) => k.length))
+  return flat.map(([k, v]) => `${indent}${`${k}:`.padEnd(width + 2)}${v}`).join('\n')
 }
 
 /** The one-line shape of every error: the same fields as the front's and the emulator's. */

@@ -58,3 +58,19 @@ t.test('check-config: a proc_root that does not exist is a config error with its
   const r = cli(['check-config', '--config', `${dir}/c.conf`])
   t.same([r.status, r.error?.code, r.error?.msg], [78, 'ERR_CONFIG_INVALID', `${dir}/c.conf:2: proc_root: expected the node's procfs directory, got "${dir}/proc", which does not exist`])
 })
+
+const PROBE = ['-S', '-no-user-config', '-nodefaults', '-nographic', '-machine', 'none,accel=kvm:tcg', '-qmp', 'unix:/x,server=on,wait=off', '-pidfile', '/x', '-daemonize']
+
+t.test('explain: the decision as key: value lines, or the record as JSON', { skip: process.getuid?.() === 0 ? false : 'needs root: explain refuses to run without it' }, async (t) => {
+  const dir = tempDir(t)
+  writeFileSync(`${dir}/c.conf`, 'log_level = "info"\n', { mode: 0o644 })
+  const h = cli(['explain', '--config', `${dir}/c.conf`, '--', ...PROBE])
+  t.equal(h.status, 0, h.stderr)
+  t.equal(h.stdout, 'outcome:   probe\ncode:      OK\nqemu.path: /usr/bin/qemu-system-x86_64\nqemu.from: host\n')
+  const j = cli(['explain', '--config', `${dir}/c.conf`, '--output', 'json', '--', ...PROBE])
+  t.same(JSON.parse(j.stdout), { outcome: 'probe', code: 'OK', qemu: { path: '/usr/bin/qemu-system-x86_64', from: 'host' } })
+  // A token without a qemu_uid claim and no --as: said as such, not as "--as ... got undefined".
+  const r = cli(['explain', '--config', `${dir}/c.conf`, '-o', 'json', '-e', 'KUBEVIRT_VM_UUID=u', '-e', 'KUBEVIRT_VM_NAME=n', '-e', 'KUBEVIRT_SECRET=a.b.c', '--', '-name', 'guest=x'])
+  t.equal(r.status, 64)
+  t.match(JSON.parse(r.stdout), { outcome: 'refused', code: 'ERR_USAGE', reason: 'the token has no numeric "qemu_uid" claim to take the caller\'s uid from; pass --as UID' })
+})
