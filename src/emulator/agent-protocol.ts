@@ -107,7 +107,9 @@ export class RequestParser {
         if (key === 'env') {
           const e = value.indexOf('=')
           const name = e < 0 ? value : value.slice(0, e)
-          if (e < 0 || !ENV_KEYS.has(name)) throw malformed(`env must be one of ${[...ENV_KEYS].join(', ')}=VALUE, got ${show(name)}`)
+          // Only a name-shaped prefix is quoted back: a value here may be the token.
+          const shown = /^[A-Za-z_][A-Za-z0-9_]*/.exec(name)?.[0] ?? ''
+          if (e < 0 || !ENV_KEYS.has(name)) throw malformed(`env must be one of ${[...ENV_KEYS].join(', ')}=VALUE, got ${show(e < 0 ? `${shown} without =` : shown)}`)
           if (name in this.env) throw malformed(`env ${name} given twice`)
           this.env[name] = value.slice(e + 1)
           return
