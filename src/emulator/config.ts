@@ -26,11 +26,12 @@ export const NAMESPACES = ['mnt', 'net', 'ipc', 'uts', 'cgroup', 'pid'] as const
 export const ALGORITHMS = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA'] as const
 
 const namespace = z.string().check(
-  z.refine((v) => v !== 'user', 'the user namespace is never joined (it would hand QEMU root in the pod)'),
+  // abort: the rule that names the reason is enough; "must be one of" would only repeat it.
+  z.refine((v) => v !== 'user', { error: 'the user namespace is never joined (it would hand QEMU root in the pod)', abort: true }),
   z.refine((v) => (NAMESPACES as readonly string[]).includes(v), `must be one of ${NAMESPACES.join(', ')}`),
 )
 const algorithm = z.string().check(
-  z.refine((v) => !/^(none|HS\d+)$/i.test(v), '"none" and HMAC algorithms are never accepted'),
+  z.refine((v) => !/^(none|HS\d+)$/i.test(v), { error: '"none" and HMAC algorithms are never accepted', abort: true }),
   z.refine((v) => (ALGORITHMS as readonly string[]).includes(v), `must be one of ${ALGORITHMS.join(', ')}`),
 )
 const unique = (what: string) => z.refine<unknown[]>((v) => new Set(v).size === v.length, `${what} must not repeat`)
