@@ -23,6 +23,7 @@ import { cleanupStale, makePodmanPod, type PodmanPod, type PodmanPodOptions } fr
 
 export type Pod = PodmanPod
 import { AUD, ISS, rsaKey, tempDir, writeKey, type KeyPair } from './tokens.ts'
+import { TRANSPORT, useTransport, type RunningAgent, type Transport } from './transport.ts'
 
 export const LAUNCHER = `${REPO}/dist/virt-launcher.cjs`
 export const QEMU_USER = 'libvirt-qemu'
@@ -52,6 +53,9 @@ export interface E2e {
   /** Domain XML through qemu-kube: the <qemu:env> triple (KUBEVIRT_SECRET only when tok given). */
   xml(vm: Vm, tok: string | undefined): string
   start(vm: Vm, tok: string | undefined): Promise<VirshResult>
+  /** The resident agent serving this install, when the run is the agent transport. */
+  agent: RunningAgent | undefined
+  transport: Transport
 }
 
 import { gidOf, uidOf } from './ids.ts'
@@ -82,9 +86,13 @@ export async function setupE2e(t: Test, tag: string, extraConfig: Record<string,
   t.teardown(() => forgetCapabilities(inst.front))
   const config = { token_public_keys: [pub], state_dir: `${tempDir(t, 'qk-e2e-state-')}/state`, vm_uid_range: [UID_FIRST, UID_LAST], ...extraConfig }
   inst.writeConfig(config)
+  // Every e2e file is one suite over both transports (scripts/test.mjs runs it once per each).
+  const agent = await useTransport(t, inst)
   let seq = 0
   const e: E2e = {
     inst,
+    agent,
+    transport: TRANSPORT,
     key,
     foreign,
     config,

@@ -9,6 +9,7 @@ import { FIXTURES, installTemp } from '../helpers/install.ts'
 import { gidOf, uidOf } from '../helpers/ids.ts'
 import { makePod, requireRoot } from '../helpers/pod.ts'
 import { makePodmanPod } from '../helpers/podman.ts'
+import { TRANSPORT, useTransport } from '../helpers/transport.ts'
 import { ISS, AUD, rsaKey, tempDir, writeKey } from '../helpers/tokens.ts'
 import { SignJWT } from 'jose'
 
@@ -32,6 +33,8 @@ const baseConfig = {
   state_dir: stateDir,
 }
 inst.writeConfig(baseConfig)
+// One suite over both transports (test/helpers/transport.ts): the agent, when this run is its.
+await useTransport(t, inst)
 
 let seq = 0
 async function token(vm: { uuid: string; name: string }, over: Record<string, unknown> = {}, signer = key) {
@@ -130,6 +133,9 @@ function refusedWith(t: Test, r: Run, code: string, tok?: string) {
   t.equal(line.code, code)
   t.ok(line.hint, 'with a hint')
   t.equal(r.code, code.startsWith('ERR_CONFIG') ? 78 : 77, 'sysexits status')
+  // The front checks the config's ownership itself, before it chooses a path.
+  if (code === 'ERR_CONFIG_UNSAFE') t.equal(line.path, undefined, 'refused by the front, before either path')
+  else t.equal(line.path, TRANSPORT, `refused by the ${TRANSPORT} path`)
   if (tok) for (const part of tok.split('.')) t.notOk(r.stderr.includes(part), 'no part of the token in the output')
 }
 import type { Test } from 'tap'
@@ -167,6 +173,7 @@ t.test('an authorised launch becomes QEMU in the pod, in place, unprivileged', a
   const decision = JSON.parse(r.stderr.trim().split('\n').at(-1)!)
   t.equal(decision.msg, 'decision')
   t.equal(decision.outcome, 'authorised')
+  t.equal(decision.path, TRANSPORT, `served by the ${TRANSPORT} path`)
   t.equal(decision.target.pid, p.pid)
   for (const part of tok.split('.')) t.notOk(r.stderr.includes(part), 'the token is in no output')
 })
@@ -179,6 +186,7 @@ t.test('the probe runs the probe binary as the caller, on the host, with no capa
   t.equal(String(r.report?.ns.mnt), readlinkSync('/proc/self/ns/mnt').replace(/\D/g, ''), 'the host mount namespace')
   for (const k of ['CapPrm', 'CapEff', 'CapBnd']) t.equal(caps(r, k), 0n, `${k} is empty`)
   t.equal(JSON.parse(r.stderr.trim()).outcome, 'probe')
+  t.equal(JSON.parse(r.stderr.trim()).path, TRANSPORT)
 })
 
 t.test('refusals: the reporter never runs, one JSON line with the code', async (t) => {
