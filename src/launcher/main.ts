@@ -84,6 +84,8 @@ function writeOutput(file: string, text: string): void {
   }
 }
 
+const LAUNCHER_USAGE_HINT = 'run `virt-launcher -help` for its flags; KubeVirt\'s pod spec passes them'
+
 function log(level: string, msg: string, extra: object = {}): void {
   process.stderr.write(`${JSON.stringify({ level, time: new Date().toISOString(), name: 'virt-launcher', msg, ...extra })}\n`)
 }
@@ -92,6 +94,7 @@ try {
   main(process.argv.slice(2))
 } catch (e) {
   const err = e instanceof QkError ? e : asQkError(e)
-  log('error', err.message, { code: err.code, hint: err.hint })
+  // ERR_USAGE's shared hint is about qemu-kube's commands; this program has flags of its own.
+  log('error', err.message, { code: err.code, hint: err.code === 'ERR_USAGE' ? LAUNCHER_USAGE_HINT : err.hint })
   process.exit(err.exitCode)
 }

@@ -44,8 +44,7 @@ t.test('-domain-xml-out in a missing directory: ERR_OUTPUT_UNWRITABLE, 73', asyn
     { code: 'ERR_OUTPUT_UNWRITABLE', msg: `-domain-xml-out: cannot write ${dir}/none/fragment.xml: directory ${dir}/none does not exist` })
 })
 
-t.test('-domain-xml-out in a directory the launcher cannot write: ERR_OUTPUT_UNWRITABLE, 73', async (t) => {
-  if (process.getuid?.() !== 0) return t.skip('needs root: runs the launcher as uid 65534 against a root-owned directory')
+t.test('-domain-xml-out in a directory the launcher cannot write: ERR_OUTPUT_UNWRITABLE, 73', { skip: process.getuid?.() === 0 ? false : 'needs root: runs the launcher as uid 65534 against a root-owned directory' }, async (t) => {
   chmodSync(dirname(bundle), 0o755) // mkdtemp's 0700: uid 65534 must read the bundle
   const dir = tempDir(t)
   chmodSync(dir, 0o755)
@@ -58,4 +57,11 @@ t.test('-domain-xml-out in a directory the launcher cannot write: ERR_OUTPUT_UNW
   t.same({ code: r.line.code, msg: r.line.msg },
     { code: 'ERR_OUTPUT_UNWRITABLE', msg: `-domain-xml-out: cannot write ${dir}/out/fragment.xml: directory ${dir}/out is not writable by uid 65534 (EACCES)` })
   t.notOk(existsSync(`${dir}/out/fragment.xml`))
+})
+
+t.test('a bad command line: ERR_USAGE, 64, with the launcher\'s own hint (not qemu-kube\'s)', async (t) => {
+  const r = run(['-bogus', 'x'])
+  t.equal(r.status, 64, r.stderr)
+  t.same({ code: r.line.code, msg: r.line.msg, hint: (r.line as { hint?: string }).hint },
+    { code: 'ERR_USAGE', msg: 'unknown flag -bogus', hint: 'run `virt-launcher -help` for its flags; KubeVirt\'s pod spec passes them' })
 })
