@@ -52,7 +52,7 @@ export async function runCli(argv: readonly string[]): Promise<number> {
     })
 
   program.command('check-config')
-    .description('validate the config, its key files and its user/group names; print the effective config')
+    .description('validate the config and its key files; print the effective config')
     .addOption(configOption())
     .addOption(outputOption())
     .action((o: { config: string; output: OutputFormat }) => {
@@ -168,7 +168,7 @@ async function explain(configPath: string, env: Record<string, string | undefine
 }
 
 function uidArg(s: string): number {
-  if (!/^[1-9]\d{0,9}$/.test(s) || Number(s) > 4294967294) throw new QkError('ERR_USAGE', `--qemu-uid takes a uid from 1 to 4294967294, got ${JSON.stringify(s.slice(0, 40))}`)
+  if (!/^[1-9]\d{0,9}$/.test(s) || Number(s) > 4294967294) throw new QkError('ERR_USAGE', `--qemu-uid expected a uid from 1 to 4294967294, got ${JSON.stringify(s.slice(0, 40))}`)
   return Number(s)
 }
 
