@@ -9,6 +9,8 @@
 # (if any) is unknown. DIR then holds scripts/build.mjs's output plus:
 #   DIR/node                                     the Node binary (the one that made the code cache)
 #   DIR/node_modules/koffi, DIR/node_modules/@koromix/koffi-linux-*   (install.sh picks the files)
+#   DIR/validate-config.cjs                      initcontainer/validate-config.ts, bundled: the
+#                                                entrypoint's gate (not installed on the node)
 # and is installed with `scripts/install.sh --from-stage DIR` (initcontainer/install-entrypoint.sh).
 set -euo pipefail
 
@@ -37,6 +39,10 @@ rm -rf -- "$OUT/virt-launcher" "$OUT/virt-launcher.cjs" "$OUT/native/fixtures" "
 # Node running the build. Ship that same binary.
 if [ -x "$NODE" ]; then SRC_NODE=$NODE; else SRC_NODE=$(command -v node); fi
 install -m 0755 -- "$SRC_NODE" "$OUT/node"
+
+# The entrypoint's gate, run by DIR/node in the image before anything is written.
+"$REPO/node_modules/.bin/esbuild" "$REPO/initcontainer/validate-config.ts" --bundle --platform=node --target=node20 \
+  --format=cjs --log-level=warning --outfile="$OUT/validate-config.cjs"
 
 shopt -s nullglob
 platform=("$REPO"/node_modules/@koromix/koffi-linux-*)
