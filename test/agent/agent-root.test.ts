@@ -1,12 +1,11 @@
-// Issue 9, the agent's side, with real parts: the agent of a temporary install (its sysconfdir
-// compiled in, run from the install's lib dir beside the koffi the front checks) on its real
-// socket, talked to by a raw client (test/agent/fixtures/raw-client.py: Python's recv_fds) and
+// Issue 9, the agent's side, with real parts: the agent of a temporary install, started as an
+// operator would (`qemu-kube agent` through the installed front, as root: the bundle with the
+// install's sysconfdir compiled in, beside the koffi the front checks) on its real socket, talked to by a raw client (test/agent/fixtures/raw-client.py: Python's recv_fds) and
 // by the installed setuid front; a real podman pod for the launch.
 import t, { type Test } from 'tap'
 import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process'
-import { chmodSync, closeSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, utimesSync, writeFileSync } from 'node:fs'
+import { chmodSync, closeSync, lstatSync, readlinkSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, utimesSync, writeFileSync } from 'node:fs'
 import { createHash } from 'node:crypto'
-import { build } from 'esbuild'
 import { SignJWT } from 'jose'
 import { FIXTURES, REPO, installTemp, toml } from '../helpers/install.ts'
 import { gidOf, uidOf } from '../helpers/ids.ts'
@@ -37,24 +36,6 @@ const config = {
 }
 inst.writeConfig(config)
 const SOCKET = `${inst.sysconfdir}/qemu-kube-agent/agent.sock`
-const ENTRY = `${inst.prefix}/lib/qemu-kube/agent-test.cjs`
-await build({
-  entryPoints: [`${REPO}/test/agent/fixtures/agent-entry.ts`],
-  outfile: ENTRY,
-  bundle: true,
-  platform: 'node',
-  target: 'node20',
-  format: 'cjs',
-  external: ['koffi'],
-  logLevel: 'warning',
-  define: {
-    QK_BUILD: JSON.stringify({ prefix: inst.prefix, sysconfdir: inst.sysconfdir }),
-    'import.meta.url': '__qk_url',
-    'import.meta.dirname': '__dirname',
-  },
-  banner: { js: 'const __qk_url = require("node:url").pathToFileURL(__filename).href;' },
-})
-
 interface Agent {
   child: ChildProcess
   lines(): Array<Record<string, any>>
@@ -63,7 +44,7 @@ interface Agent {
 }
 
 async function startAgent(t: Test): Promise<Agent> {
-  const child = spawn(process.execPath, [ENTRY, 'agent'], { stdio: ['ignore', 'pipe', 'pipe'] })
+  const child = spawn(inst.front, ['agent'], { stdio: ['ignore', 'pipe', 'pipe'] })
   let out = ''
   let err = ''
   child.stdout!.on('data', (d) => (out += d))
@@ -144,7 +125,7 @@ t.test('the socket: a root 0700 directory, a root 0600 socket; a second agent re
   t.equal(sock.mode & 0o777, 0o600)
   t.equal(sock.uid, 0)
   const second = await new Promise<{ code: number | null; stderr: string }>((res) => {
-    execFile(process.execPath, [ENTRY, 'agent'], (e, _o, stderr) => res({ code: e === null ? 0 : (e as { code: number }).code, stderr }))
+    execFile(inst.front, ['agent'], (e, _o, stderr) => res({ code: e === null ? 0 : (e as { code: number }).code, stderr }))
   })
   t.equal(second.code, 71)
   t.equal(JSON.parse(second.stderr.trim()).msg, `another qemu-kube agent listens on ${SOCKET}; stop it first`)
@@ -232,7 +213,9 @@ t.test('a launch through the real front into a real podman pod: the agent serves
   const p = await makePodmanPod({ uuid: vm.uuid, name: vm.name, token: tok, qemuUid: UID, volumes: [`${FIXTURES}:${FIXTURES}:ro`] })
   t.teardown(() => p.destroy())
   const env = { KUBEVIRT_VM_UUID: vm.uuid, KUBEVIRT_VM_NAME: vm.name, KUBEVIRT_SECRET: tok }
-  const agentFds = () => readdirSync(`/proc/${agent.child.pid}/fd`).length
+  const fdLinks = () => readdirSync(`/proc/${agent.child.pid}/fd`).map((f) => { try { return `${f}:${readlinkSync(`/proc/${agent.child.pid}/fd/${f}`)}` } catch { return `${f}:gone` } })
+  // What a request opens: pidfds and cgroup.procs files (connection sockets come and go).
+  const agentFds = () => fdLinks().filter((l) => l.endsWith('[pidfd]') || l.endsWith('/cgroup.procs')).length
 
   // Another launch for this uid holds its lease lock (a standalone chain its caller stopped):
   // the agent refuses at once instead of sleeping on the thread that serves everyone.
@@ -273,7 +256,7 @@ t.test('a launch through the real front into a real podman pod: the agent serves
     'the lease names the front (now QEMU) and the pod\'s launcher')
 
   const cli = (args: string[]) => new Promise<{ code: number; stdout: string; stderr: string }>((res) => {
-    execFile(process.execPath, [ENTRY, ...args], (e, stdout, stderr) => res({ code: e === null ? 0 : Number((e as { code: number }).code), stdout, stderr }))
+    execFile(inst.front, args, (e, stdout, stderr) => res({ code: e === null ? 0 : Number((e as { code: number }).code), stdout, stderr }))
   })
   // The stand-in QEMU has exited already, so its lease names no live VM: the agent's status
   // (status/collect.ts) lists live ones only. This checks the op's wiring, not the collection.
