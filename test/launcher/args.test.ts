@@ -58,7 +58,7 @@ t.test('what the launcher accepts, qemu-kube finds', async (t) => {
   }
 })
 
-t.test('-kubevirt.vm.*: the id pattern qemu-kube checks, said with what was given', async (t) => {
+t.test('-kubevirt.vm.*: the id pattern qemu-kube checks, said with what was given', async () => {
   refuses(['-kubevirt.vm.uuid', 'a b', '-kubevirt.vm.name', 'n', '-qemu-uid', '1'],
     '-kubevirt.vm.uuid expected ^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$ (what qemu-kube accepts as KUBEVIRT_VM_UUID), got "a b"')
   refuses(['-kubevirt.vm.uuid', 'u', '-kubevirt.vm.name', '-x', '-qemu-uid', '1'],
