@@ -35,15 +35,18 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <limits.h>
+#include <poll.h>
 #include <linux/magic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/uio.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <sys/time.h>
+#include <time.h>
 #include <sys/types.h>
 #include <unistd.h>
 #include "agent-client.h"
@@ -520,6 +523,41 @@ static void ask_agent(const struct caller *c, const int *fds, size_t nfds, const
 	close(dirfd);
 }
 
+/*
+ * A refusal the agent answered comes within a millisecond or two of libvirt's exec, before
+ * libvirt has connected to the monitor socket it passed us. Exiting then would close the last
+ * copy of that listening socket, and libvirt would report "failed to connect to monitor socket:
+ * Connection refused" instead of quoting the domain log's last line, our refusal. So the front
+ * waits, at most 2 s, until every listening socket among the caller's fds has a connection
+ * pending, then exits: libvirt reads EOF and quotes the log. It costs a refusal nothing else.
+ */
+#define LINGER_MS 2000
+static void await_monitor_connect(const int *fds, size_t nfds)
+{
+	struct pollfd p[16];
+	size_t n = 0;
+	for (size_t i = 0; i < nfds && n < sizeof(p) / sizeof(p[0]); i++) {
+		int listening = 0;
+		socklen_t len = sizeof(listening);
+		if (getsockopt(fds[i], SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) == 0 && listening)
+			p[n++] = (struct pollfd){.fd = fds[i], .events = POLLIN};
+	}
+	struct timespec start, now;
+	clock_gettime(CLOCK_MONOTONIC, &start);
+	while (n > 0) {
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		long waited = (now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000;
+		if (waited >= LINGER_MS || poll(p, n, (int)(LINGER_MS - waited)) < 0)
+			return;
+		/* Ready ones leave the set; an error on one (POLLERR/POLLHUP) counts as ready. */
+		size_t keep = 0;
+		for (size_t i = 0; i < n; i++)
+			if (p[i].revents == 0)
+				p[keep++] = p[i];
+		n = keep;
+	}
+}
+
 /* ---- 10. the agent's answer, served here ---------------------------------------------------------- */
 
 /* The decision line and its newline in one write: libvirt's log gets it whole or not at all. */
@@ -671,6 +709,7 @@ int main(int argc, char **argv)
 		enter(&r);
 	case QK_AGENT_REFUSED:
 		print_decision(r.decision);
+		await_monitor_connect(fds, nfds);
 		exit(r.exit);
 	case QK_AGENT_DOWN: {
 		/* 11. Never silent: Node's decision line carries AGENT. */

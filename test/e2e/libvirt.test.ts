@@ -84,6 +84,7 @@ t.test('a domain starts into its pod as its own uid, the monitor works, virsh de
   const d = lines[0]!
   t.equal(d.msg, 'decision')
   t.equal(d.outcome, 'authorised')
+  t.equal(d.path, e.transport, `served by the ${e.transport} path`)
   t.equal(d.target?.pid, p.pid, 'the decision names the pod\'s launcher')
   t.equal(d.vm?.uuid, vm.uuid)
   t.equal(d.runAs?.uid, vm.uid)

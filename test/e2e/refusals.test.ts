@@ -28,6 +28,7 @@ async function refused(t: Test, vm: Vm, pods: readonly Pod[], r: VirshResult, co
   t.equal(ours[0]?.msg, 'decision')
   t.equal(ours[0]?.outcome, 'refused')
   t.equal(ours[0]?.code, code)
+  t.equal(ours[0]?.path, e.transport, `refused by the ${e.transport} path`)
   t.ok(ours[0]?.hint, 'with a hint')
   if (tok !== undefined) {
     const seen = JSON.stringify([...ours, ...qemuKubeLines(r.stderr)])
