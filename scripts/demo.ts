@@ -250,7 +250,7 @@ async function demo(keep: boolean): Promise<void> {
     `state_dir = "${base}/state"`,
     '',
   ].join('\n'), { mode: 0o644 })
-  const checked = JSON.parse(run(front, ['check-config'])) as { effective: Record<string, unknown>; keys: { kid: string }[]; allowed: unknown }
+  const checked = JSON.parse(run(front, ['check-config', '--output', 'json'])) as { effective: Record<string, unknown>; keys: { kid: string }[]; allowed: unknown }
   kv('qemu-kube keygen', `${keys}/signing.key (0600), ${keys}/token.pub`)
   kv('config', `${config}`)
   kv('qemu-kube check-config', `ok: key ${checked.keys.map((k) => k.kid).join(', ')}; QEMU ${checked.effective.qemu_binary} from the ${checked.effective.qemu_binary_from}; `

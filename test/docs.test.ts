@@ -16,7 +16,7 @@ t.test('every operator command the README shows is in --help, and the other way 
   const { execFileSync } = await import('node:child_process')
   const help = execFileSync(process.execPath, [new URL('../dist/qemu-kube.cjs', import.meta.url).pathname, '--help'], { encoding: 'utf8' })
   const listed = [...help.matchAll(/^ {2}([a-z][a-z-]+) /gm)].map((m) => m[1]!).filter((c) => c !== 'help')
-  t.same(listed.sort(), ['check-config', 'explain', 'keygen', 'token'].sort())
+  t.same(listed.sort(), ['agent', 'check-config', 'explain', 'keygen', 'metrics', 'status', 'token', 'version'].sort())
   for (const c of listed) t.match(readme, new RegExp(`qemu-kube ${c}\\b`), `README shows ${c}`)
 })
 

@@ -8,7 +8,7 @@ const CLAIMS = new Set(['qemu_uid', 'vm_name'])
 t.test('every code has a sysexits status and a hint', async (t) => {
   for (const code of allCodes) {
     const e = new QkError(code, 'x')
-    t.ok([64, 70, 71, 77, 78].includes(e.exitCode), `${code} -> ${e.exitCode}`)
+    t.ok([64, 65, 66, 69, 70, 71, 73, 76, 77, 78].includes(e.exitCode), `${code} -> ${e.exitCode}`)
     t.ok(e.hint.length > 10, `${code} has a hint`)
   }
   t.equal(new QkError('ERR_TOKEN_EXPIRED', 'x').exitCode, 77)

@@ -26,7 +26,7 @@ async function token(vm: { uuid: string; name: string }, over: Record<string, un
 }
 
 function explain(vm: { uuid: string; name: string }, tok: string): Promise<{ code: number; decision: any; out: string }> {
-  return new Promise((res) => execFile(process.execPath, [`${REPO}/dist/qemu-kube.cjs`, 'explain', '--config', config, '--as', '20001', '--', '-name', 'guest=x'],
+  return new Promise((res) => execFile(process.execPath, [`${REPO}/dist/qemu-kube.cjs`, 'explain', '--output', 'json', '--config', config, '--as', '20001', '--', '-name', 'guest=x'],
     { env: { PATH: process.env['PATH'], KUBEVIRT_VM_UUID: vm.uuid, KUBEVIRT_VM_NAME: vm.name, KUBEVIRT_SECRET: tok } },
     (err, stdout, stderr) => res({ code: err ? Number(err.code) : 0, decision: JSON.parse(stdout), out: stdout + stderr })))
 }
@@ -35,7 +35,7 @@ function explain(vm: { uuid: string; name: string }, tok: string): Promise<{ cod
 t.test('explain as an unprivileged user says it needs root: ERR_USAGE', async (t) => {
   const vm = { uuid: `explain-nobody-${process.pid}`, name: 'nobodyvm' }
   const tok = await token(vm)
-  const r = await new Promise<{ code: number; decision: any }>((res) => execFile(process.execPath, [`${REPO}/dist/qemu-kube.cjs`, 'explain', '--config', config, '--as', '20001', '--', '-name', 'guest=x'],
+  const r = await new Promise<{ code: number; decision: any }>((res) => execFile(process.execPath, [`${REPO}/dist/qemu-kube.cjs`, 'explain', '--output', 'json', '--config', config, '--as', '20001', '--', '-name', 'guest=x'],
     { uid: 65534, gid: 65534, env: { PATH: process.env['PATH'], KUBEVIRT_VM_UUID: vm.uuid, KUBEVIRT_VM_NAME: vm.name, KUBEVIRT_SECRET: tok } },
     (err, stdout) => res({ code: err ? Number(err.code) : 0, decision: JSON.parse(stdout) })))
   t.equal(r.code, 64)
