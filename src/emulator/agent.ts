@@ -83,7 +83,14 @@ export async function runAgent(o: AgentOptions = {}): Promise<number> {
       live.delete(sock)
       if (stopping && live.size === 0) drained()
     })
-    handle(sock, () => state, log, socketOps(), o)
+    try {
+      handle(sock, () => state, log, socketOps(), o)
+    } catch (e) {
+      // A bug or a connection gone before it was handled costs that connection, not the agent.
+      const err = asQkError(e)
+      log.error({ code: err.code, reason: err.message }, 'agent: connection dropped')
+      sock.destroy()
+    }
   }
   server.on('connection', serve)
 
@@ -192,7 +199,8 @@ function rewatch(old: FSWatcher[], files: readonly string[], changed: (why: stri
 /** One connection: who, the request (bounded), the answer, the fds closed. */
 function handle(sock: Socket, current: () => AgentState, log: Logger, net: SocketOps, o: AgentOptions): void {
   const started = process.hrtime.bigint()
-  const fd = (sock as unknown as { _handle: { fd: number } })._handle.fd
+  const fd = (sock as unknown as { _handle?: { fd?: number } })._handle?.fd
+  if (fd === undefined || fd < 0) throw new QkError('ERR_INTERNAL', 'the connection has no fd (closed before it was handled)')
   let answered = false
   const parser = new RequestParser()
   const timeoutMs = o.requestTimeoutMs ?? REQUEST_TIMEOUT_MS
@@ -231,6 +239,10 @@ function handle(sock: Socket, current: () => AgentState, log: Logger, net: Socke
     if (what === 'decision') o.observe?.(a.decision, seconds)
     try {
       send(sock, fd, encodeReply(reply), a.fds, net, log)
+    } catch (e) {
+      // Never thrown into an event handler (that would end the agent): the front sees EOF.
+      const err = asQkError(e)
+      log.error({ code: err.code, reason: err.message, peer: peer?.pid }, 'agent: the reply could not be sent; the front falls back')
     } finally {
       for (const f of fdsToClose) closeQuietly(f)
       if (peer !== undefined && peer.pidfd >= 0) closeQuietly(peer.pidfd)
