@@ -70,7 +70,8 @@ done
 if [ $UNINSTALL = 1 ]; then
   [ -d "$TARGET" ] && [ ! -L "$TARGET" ] || die 66 "no directory at $TARGET (mount the node's directory there)"
   bash "$HERE/scripts/install.sh" --uninstall --prefix "$TARGET"
-  left=$(find "$TARGET" -xdev -perm /6000 -print)
+  # install.sh removes the emptied PREFIX itself (so mount its parent: deploy/uninstall.yaml).
+  left=$( [ ! -e "$TARGET" ] || find "$TARGET" -xdev -perm /6000 -print)
   [ -z "$left" ] || die 70 "setuid/setgid files left under $TARGET: $left"
   echo "install-entrypoint: uninstalled; no setuid or setgid file under $TARGET"
   exit 0
@@ -111,10 +112,31 @@ if [ -n "$CONFIG" ]; then
   echo "install-entrypoint: config ok: $verdict"
 fi
 
+# What install.sh refuses, checked here too because the keys are written before it runs: every
+# existing component of both targets (as written and resolved) root-owned, and not group/other
+# writable unless a sticky directory.
+safe_tree() {
+  local p cur comp uid hex mode
+  for p in "$1" "$(readlink -m -- "$1")"; do
+    cur=
+    IFS=/ read -ra comps <<< "${p#/}"
+    for comp in "" "${comps[@]}"; do
+      [ -z "$comp" ] && [ -n "$cur" ] && continue
+      cur=${cur%/}/$comp
+      [ -e "$cur" ] || break
+      read -r uid hex < <(stat -c '%u %f' -- "$cur")
+      mode=$((16#$hex))
+      [ "$uid" = 0 ] || die 78 "refusing: $cur is owned by uid $uid, not root"
+      if (( mode & 022 )) && ! (( (mode & 0170000) == 0040000 && (mode & 01000) )) && (( (mode & 0170000) != 0120000 )); then
+        die 78 "refusing: $cur is writable by group or others (mode $(printf '%04o' $((mode & 07777))))"
+      fi
+    done
+  done
+}
+
 if [ -n "$KEYS" ]; then
-  # Root-owned and not group/other-writable, as the front requires of every key file's directory.
-  read -r uid mode < <(stat -c '%u %a' -- "$SYSCONF_TARGET")
-  [ "$uid" = 0 ] && (( (8#$mode & 022) == 0 )) || die 78 "refusing: $SYSCONF_TARGET is not root-owned 0755 (uid $uid, mode $mode)"
+  safe_tree "$TARGET"
+  safe_tree "$SYSCONF_TARGET"
   kdir=$SYSCONF_TARGET/qemu-kube
   if [ -L "$kdir" ] || { [ -e "$kdir" ] && [ ! -d "$kdir" ]; }; then die 78 "refusing: $kdir exists and is not a directory"; fi
   [ -d "$kdir" ] || install -d -o root -g root -m 0755 -- "$kdir"

@@ -9,7 +9,9 @@
 //
 // What it holds: `mmdebstrap --variant=minbase` of bookworm with gcc, libc6-dev and make (so the
 // Dockerfile's build stage finds them and skips apt), plus the host's /usr/bin/node and its npm
-// at /usr/local (where the official node images keep them). The tag is a hash of the recipe and
+// at /usr/local (where the official node images keep them), and the host's CA bundle as
+// NODE_EXTRA_CA_CERTS (npm ci in the build stage reaches the registry through whatever TLS
+// the host trusts, e.g. an egress proxy's CA). The tag is a hash of the recipe and
 // of the Node and npm files: the same recipe on the same host finds the image in the store; a new
 // Node gives a new tag (older tags removed). A fresh machine builds it: ~40 s, ~90 MB download.
 import { execFileSync } from 'node:child_process'
@@ -24,6 +26,7 @@ const SUITE = 'bookworm'
 const INCLUDE = ['gcc', 'libc6-dev', 'make']
 const NODE = '/usr/bin/node'
 const NPM = '/usr/lib/node_modules/npm'
+const CA_BUNDLE = '/etc/ssl/certs/ca-certificates.crt'
 
 /** sha256 of every file under dir (paths and contents), for the tag. */
 function hashTree(h, dir) {
@@ -40,6 +43,7 @@ export function recipeHash(mirror) {
   h.update(JSON.stringify({ SUITE, INCLUDE, mirror, variant: 'minbase' }))
   h.update(readFileSync(import.meta.filename))
   h.update(readFileSync(NODE))
+  h.update(readFileSync(CA_BUNDLE))
   hashTree(h, NPM)
   return h.digest('hex').slice(0, 16)
 }
@@ -66,12 +70,13 @@ export function ensureBaseImage({ podman, mirror, workDir }) {
       '--customize-hook=install -D -m 0755 /usr/bin/node "$1/usr/local/bin/node"',
       `--customize-hook=mkdir -p "$1/usr/local/lib/node_modules" && cp -a ${NPM} "$1/usr/local/lib/node_modules/npm"`,
       '--customize-hook=ln -s ../lib/node_modules/npm/bin/npm-cli.js "$1/usr/local/bin/npm"',
+      `--customize-hook=install -D -m 0644 ${CA_BUNDLE} "$1/usr/local/share/qemu-kube-build/ca-certificates.crt"`,
       // No apt lists or caches in the image (they are only for the build).
       '--customize-hook=rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*',
       SUITE, `${tmp}/rootfs.tar`, mirror], { stdio: ['ignore', 'ignore', 'inherit'] })
     if (statSync(`${tmp}/rootfs.tar`).size === 0) throw new Error('delivery-base-image: mmdebstrap wrote an empty tar')
     run(['import', '--quiet', '--change', 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
-      '--change', 'CMD ["/bin/bash"]', `${tmp}/rootfs.tar`, image], { stdio: ['ignore', 'ignore', 'inherit'] })
+      '--change', 'ENV NODE_EXTRA_CA_CERTS=/usr/local/share/qemu-kube-build/ca-certificates.crt', '--change', 'CMD ["/bin/bash"]', `${tmp}/rootfs.tar`, image], { stdio: ['ignore', 'ignore', 'inherit'] })
   } finally {
     rmSync(tmp, { recursive: true, force: true })
   }

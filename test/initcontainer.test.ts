@@ -167,8 +167,10 @@ async function rootTests(t: Test) {
     if (!existsSync(`${cm}/qemu-kube.conf`)) symlinkSync('..data/qemu-kube.conf', `${cm}/qemu-kube.conf`)
     return toml(lines)
   }
+  // The key volume (--keys): installed as etc/qemu-kube/token.pem, which the config names.
   const keys = dir(`${base}/keys`)
-  const pub = writeKey(keys, 'token.pem', (await rsaKey()).pem)
+  writeKey(keys, 'token.pem', (await rsaKey()).pem)
+  const pub = `${etc}/qemu-kube/token.pem`
   const config = {
     vm_uid_range: [NOBODY, NOBODY],
     token_public_keys: [pub],
@@ -179,8 +181,8 @@ async function rootTests(t: Test) {
 
   const entrypoint = (args: string[], env: Record<string, string> = {}) => spawnSync('bash',
     [`${REPO}/initcontainer/install-entrypoint.sh`, '--stage', stage, ...args],
-    { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], env: { PATH: process.env['PATH']!, QEMU_GROUP: String(GID), ...env } })
-  const install = (target = prefix, sysconf = etc, extra = ['--config', `${cm}/qemu-kube.conf`]) =>
+    { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], env: { PATH: process.env['PATH']!, QEMU_GROUP: String(GID), QK_SYSCONFDIR: etc, ...env } })
+  const install = (target = prefix, sysconf = etc, extra = ['--config', `${cm}/qemu-kube.conf`, '--keys', keys]) =>
     entrypoint(['--target', target, '--sysconf-target', sysconf, ...extra])
   const front = `${prefix}/bin/qemu-kube`
   const run = (args: string[], uid = 0, gid = 0): SpawnSyncReturns<string> =>
@@ -237,6 +239,8 @@ async function rootTests(t: Test) {
     const img = dir(`${base}/image`)
     for (const ins of dockerfile.at(-1)!.instrs.filter((x) => x.op === 'COPY')) {
       const [src, dest] = ins.args as [string, string]
+      // COPY --from=build /rootfs /: make-runtime-root.sh's programs; here the host's serve.
+      if (ins.flags['from'] !== undefined && src === '/rootfs') continue
       // COPY --from=build /out: the build stage's make-stage.sh --out, i.e. this test's stage.
       mkdirSync(dirname(`${img}${dest}`), { recursive: true })
       execFileSync('cp', ['-R', '--', ins.flags['from'] === undefined ? `${REPO}/${src}` : stage, `${img}${dest}`])
@@ -256,7 +260,7 @@ async function rootTests(t: Test) {
     const help = run(['help'])
     t.equal(help.status, 0, help.stderr)
     t.match(help.stdout, /check-config/, 'operator command as root')
-    const check = run(['check-config'])
+    const check = run(['check-config', '--output', 'json'])
     t.equal(check.status, 0, check.stderr)
     t.match(JSON.parse(check.stdout), { ok: true, config: `${etc}/qemu-kube.conf`, keys: [{ file: pub }] }, 'check-config reads the installed config')
     t.equal(run(['help'], NOBODY, GID).status, 0, 'a member of the qemu group may run it')
@@ -282,6 +286,46 @@ async function rootTests(t: Test) {
     t.equal(install(prefix, etc, []).status, 0)
     t.equal(readFileSync(`${etc}/qemu-kube.conf`, 'utf8'), changed, 'without --config the installed config is kept')
     t.equal(run(['check-config']).status, 0, 'still runs')
+  })
+
+  t.test('an invalid ConfigMap fails the init container before anything is written', async (t) => {
+    const frontIno = statSync(front).ino
+    const good = readFileSync(`${etc}/qemu-kube.conf`, 'utf8')
+    const keyBefore = readFileSync(pub, 'utf8')
+    writeConfigMap({ ...config, log_levle: 'debug' })
+    writeFileSync(`${keys}/token.pem`, (await rsaKey()).pem.replace('PUBLIC KEY', 'PRIVATE KEY'))
+    const r = install()
+    t.equal(r.status, 78, 'exit 78')
+    t.match(r.stderr, /^install-entrypoint: refusing the config, nothing installed: \{"ok":false,"code":"ERR_CONFIG_INVALID","message":".*qemu-kube\.conf:\d+: unknown key log_levle \(did you mean log_level\?\)"\}\n$/)
+    t.equal(statSync(front).ino, frontIno, 'the front was not replaced')
+    t.equal(readFileSync(`${etc}/qemu-kube.conf`, 'utf8'), good, 'the node keeps its config')
+    writeConfigMap(config)
+    const k = install()
+    t.equal(k.status, 78, 'a private key in the key volume: exit 78')
+    t.match(k.stderr, /"code":"ERR_KEY_INVALID","message":"key file .*token\.pem: holds private key material; give the public key only"/)
+    t.equal(readFileSync(pub, 'utf8'), keyBefore, 'the node keeps its key')
+    t.equal(statSync(front).ino, frontIno, 'and its front')
+    writeKey(keys, 'token.pem', (await rsaKey()).pem)
+    t.equal(install().status, 0, 'fixed: installs')
+    t.not(readFileSync(pub, 'utf8'), keyBefore, 'the new key replaced the old')
+  })
+
+  t.test('--uninstall removes the tree and leaves no setuid file', async (t) => {
+    const target = dir(`${base}/un-target`)
+    const sysconf = dir(`${base}/un-etc`)
+    t.equal(entrypoint(['--target', target, '--sysconf-target', sysconf]).status, 0)
+    t.equal(statSync(`${target}/bin/qemu-kube`).mode.toString(8), '104755')
+    const r = entrypoint(['--uninstall', '--target', target])
+    t.equal(r.status, 0, r.stderr)
+    t.match(r.stdout, `install-entrypoint: uninstalled; no setuid or setgid file under ${target}\n`)
+    t.notOk(existsSync(target), 'the tree is gone, the emptied prefix too')
+    t.ok(existsSync(`${sysconf}/qemu-kube.conf`), 'the config stays')
+    const stray = dir(`${base}/un-stray`)
+    writeFileSync(`${stray}/left`, '')
+    chmodSync(`${stray}/left`, 0o4755)
+    const s = entrypoint(['--uninstall', '--target', stray])
+    t.equal(s.status, 70, 'a setuid file left: exit 70')
+    t.match(s.stderr, `install-entrypoint: setuid/setgid files left under ${stray}: ${stray}/left\n`)
   })
 
   /** A refusal: the exit status, the message, and nothing written into the target or sysconfdir. */
@@ -318,10 +362,10 @@ async function rootTests(t: Test) {
       ${o.seed ? 'touch "$1/left-over"' : ''}
       rc=0; setpriv --bounding-set=-all,+chown -- bash "$3" --stage "$4" --target "$1" --sysconf-target "$2" "\${@:5}" || rc=$?
       echo "rc=$rc"; ${o.after ?? ''}`, 'sh', prefix, etc, `${REPO}/initcontainer/install-entrypoint.sh`, stage, ...(o.args ?? [])],
-    { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], env: { PATH: process.env['PATH']!, QEMU_GROUP: String(GID) } })
+    { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], env: { PATH: process.env['PATH']!, QEMU_GROUP: String(GID), QK_SYSCONFDIR: etc } })
 
   t.test('as in the DaemonSet: only CAP_CHOWN, read-only root, the target a volume of its own', async (t) => {
-    const r = asContainer({ targetOpts: 'mode=0755', args: ['--config', `${cm}/qemu-kube.conf`],
+    const r = asContainer({ targetOpts: 'mode=0755', args: ['--config', `${cm}/qemu-kube.conf`, '--keys', keys],
       after: `stat -c '%a %u:%g' "$1/bin/qemu-kube"; "$1/bin/qemu-kube" check-config > /dev/null && echo check-config-ok` })
     t.match(r.stdout, `rc=0\n4755 0:${GID}\ncheck-config-ok\n`, r.stderr)
     const nosuid = asContainer({ targetOpts: 'mode=0755,nosuid' })
