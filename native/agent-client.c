@@ -90,14 +90,14 @@ struct out {
 static void rec(struct out *o, const char *prefix, const char *value)
 {
 	size_t a = strlen(prefix), b = value ? strlen(value) : 0;
-	if (o->len <= QK_AGENT_REQUEST_LIMIT && a + b + 1 <= QK_AGENT_REQUEST_LIMIT - o->len) {
+	if (o->len <= QK_AGENT_MAX_REQUEST && a + b + 1 <= QK_AGENT_MAX_REQUEST - o->len) {
 		memcpy(o->buf + o->len, prefix, a);
 		if (b)
 			memcpy(o->buf + o->len + a, value, b);
 		o->buf[o->len + a + b] = '\0';
 	}
 	/* Past the limit only the length matters; it cannot wrap (each part < SIZE_MAX / 4). */
-	o->len = o->len > QK_AGENT_REQUEST_LIMIT ? o->len : o->len + a + b + 1;
+	o->len = o->len > QK_AGENT_MAX_REQUEST ? o->len : o->len + a + b + 1;
 }
 
 /* "A,B" ("" for none), malloc'd. */
@@ -145,7 +145,7 @@ static size_t build_request(const struct qk_agent_request *rq, char *buf)
 	free(fds);
 	for (size_t i = 0; i < rq->nenv; i++)
 		rec(&o, "env=", rq->env[i]);
-	for (size_t i = 0; i < rq->nargs && o.len <= QK_AGENT_REQUEST_LIMIT; i++)
+	for (size_t i = 0; i < rq->nargs && o.len <= QK_AGENT_MAX_REQUEST; i++)
 		rec(&o, "arg=", rq->args[i]);
 	rec(&o, "end", NULL);
 	return o.len;
@@ -399,13 +399,13 @@ void qk_agent_ask(int dirfd, const char *name, const struct qk_agent_request *rq
 	}
 
 	/* Refused here rather than sent: the agent would refuse it, and standalone must not guess. */
-	char *req = malloc(QK_AGENT_REQUEST_LIMIT);
+	char *req = malloc(QK_AGENT_MAX_REQUEST);
 	if (req == NULL) {
 		down_errno(r, ENOMEM);
 		return;
 	}
 	size_t reqlen = build_request(rq, req);
-	if (reqlen > QK_AGENT_REQUEST_LIMIT)
+	if (reqlen > QK_AGENT_MAX_REQUEST)
 		qk_front_die(EX_USAGE, "ERR_FRONT_REQUEST_TOO_BIG",
 			     "the QEMU argv and environment exceed the agent's 256 KiB request limit",
 			     "a libvirt domain's QEMU command line is far smaller; check what runs qemu-kube");

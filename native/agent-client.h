@@ -8,9 +8,8 @@
 #include <stddef.h>
 #include <sys/types.h>
 
-/* AGENT_MAX_REQUEST (src/shared/constants.ts); named apart from qk-constants.h's QK_AGENT_MAX_REQUEST
- * until the front includes that header. */
-#define QK_AGENT_REQUEST_LIMIT (256 * 1024)
+#include "qk-constants.h"
+
 #define QK_AGENT_MAX_REPLY (1024 * 1024)
 #define QK_AGENT_MAX_CGROUPS 64
 
@@ -53,7 +52,7 @@ struct qk_agent_reply {
  * dirfd: an O_PATH fd of the agent's directory, already checked by the front (root-owned, 0700,
  * root-controlled ancestors). Fills reply; never returns a connection. Ends the process itself
  * only for ERR_FRONT_AGENT_UNSAFE (71: the socket or its server is not root's) and
- * ERR_FRONT_REQUEST_TOO_BIG (64: argv over QK_AGENT_REQUEST_LIMIT).
+ * ERR_FRONT_REQUEST_TOO_BIG (64: argv over QK_AGENT_MAX_REQUEST).
  */
 void qk_agent_ask(int dirfd, const char *name, const struct qk_agent_request *rq, struct qk_agent_reply *reply);
 

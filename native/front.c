@@ -52,6 +52,7 @@
 #include "agent-client.h"
 #include "enter.h"
 #include "json-error.h"
+#include "qk-constants.h"
 
 #if !defined(QK_NODE) || !defined(QK_BUNDLE) || !defined(QK_ENTER) || !defined(QK_KOFFI_NODE) || \
     !defined(QK_CONFIG) || !defined(QK_AGENT_SOCKET)
@@ -188,8 +189,9 @@ static _Noreturn void unsafe(const char *path, const char *why)
 	snprintf(msg, sizeof(msg), "%s: %s", path, why);
 	qk_front_die(checking_config ? EX_CONFIG : EX_OSERR,
 		     checking_config ? "ERR_CONFIG_UNSAFE" : "ERR_FRONT_UNSAFE_PATH", msg,
-		     "every file qemu-kube trusts and each directory above it must be root-owned and not "
-		     "writable by group or others; reinstall with scripts/install.sh");
+		     checking_config ? QK_HINT_CONFIG_UNSAFE
+				     : "every file qemu-kube trusts and each directory above it must be root-owned and not "
+				       "writable by group or others; reinstall with scripts/install.sh");
 }
 
 static void check_owner_mode(const char *shown, const struct stat *st, int allow_sticky)
@@ -366,7 +368,7 @@ struct kept {
  */
 static void wipe_env(struct kept *k)
 {
-	static const char *const keep[] = {"KUBEVIRT_VM_UUID", "KUBEVIRT_VM_NAME", "KUBEVIRT_SECRET"};
+	static const char *const keep[] = QK_KEPT_ENV;
 	char *vals[3];
 	for (size_t i = 0; i < 3; i++) {
 		const char *v = getenv(keep[i]);
@@ -684,7 +686,7 @@ int main(int argc, char **argv)
 	 */
 	if (argc >= 2 && argv[1][0] == '@')
 		qk_front_die(EX_USAGE, "ERR_FRONT_USAGE", "arguments starting with '@' are reserved",
-		    "run `qemu-kube help` for the operator commands");
+		    QK_HINT_USAGE);
 
 	/* 6. argv[1] is a subcommand such as `explain`. */
 	if (argc >= 2 && argv[1][0] != '-')
