@@ -5,6 +5,7 @@
 // A probe-shaped argv with any KUBEVIRT_* variable is a launch: the variables decide, so a caller
 // cannot dodge the checks by dressing a launch as a probe.
 import { QkError } from './errors.ts'
+import { ID_RE } from '../shared/constants.ts'
 
 export interface Vm {
   uuid: string
@@ -21,7 +22,7 @@ export const ENV_SECRET = 'KUBEVIRT_SECRET'
 const ENV_ALL = [ENV_UUID, ENV_NAME, ENV_SECRET] as const
 
 // A Kubernetes object name or uid: short, printable, no separators a log or argv could misread.
-const IDENT = /^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$/
+const IDENT = ID_RE
 
 export function classify(env: Readonly<Record<string, string | undefined>>, argv: readonly string[]): Invocation {
   const present = ENV_ALL.filter((k) => env[k] !== undefined)

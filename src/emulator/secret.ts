@@ -18,8 +18,9 @@ import { closeSync, constants, fstatSync, openSync, readSync, statfsSync, type S
 import { timingSafeEqual } from 'node:crypto'
 import { QkError, errnoOf } from './errors.ts'
 import { O_PATH, RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS } from './sys.ts'
+import { SHARED } from '../shared/constants.ts'
 
-export const MAX_SECRET = 16 * 1024
+export const MAX_SECRET = SHARED.MAX_TOKEN_BYTES
 
 /** statfs f_type of the filesystems pod_secret_fs_types may name (linux/magic.h). */
 export const FS_MAGIC = {

@@ -5,6 +5,7 @@
 import { copyFileSync, chmodSync, mkdirSync, statSync } from 'node:fs'
 import { dirname } from 'node:path'
 import { QkError } from '../emulator/errors.ts'
+import { SHARED } from '../shared/constants.ts'
 
 export function installToken(from: string, to: string): void {
   mkdirSync(dirname(to), { recursive: true, mode: 0o755 })
@@ -22,5 +23,5 @@ export function checkToken(path: string): void {
   if (!st.isFile()) throw new QkError('ERR_SECRET_NOT_REGULAR', `${path} must be a regular file`)
   if (st.uid !== 0 && st.uid !== process.getuid?.()) throw new QkError('ERR_SECRET_NOT_REGULAR', `${path} must be owned by root or by this process, is uid ${st.uid}`)
   if ((st.mode & 0o022) !== 0) throw new QkError('ERR_SECRET_NOT_REGULAR', `${path} must not be writable by group or others`)
-  if (st.size === 0 || st.size > 16 * 1024) throw new QkError('ERR_SECRET_TOO_BIG', `${path} must hold 1 to 16384 bytes, holds ${st.size}`)
+  if (st.size === 0 || st.size > SHARED.MAX_TOKEN_BYTES) throw new QkError('ERR_SECRET_TOO_BIG', `${path} must hold 1 to ${SHARED.MAX_TOKEN_BYTES} bytes, holds ${st.size}`)
 }

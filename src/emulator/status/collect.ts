@@ -13,6 +13,7 @@ import { QkError, errnoOf } from '../errors.ts'
 import { podUsage } from './cgroup-usage.ts'
 import { readLeases, type LeaseRecord, type SkippedLease } from './leases.ts'
 import { namespacesOf, pidNsChildOf, realUidOf, startTimeOf, uptimeSeconds, type StatusNamespace } from './proc-facts.ts'
+import { ID_RE } from '../../shared/constants.ts'
 
 export interface StatusEntry {
   /** The host uid the lease is for (libvirt's per-VM DAC label). */
@@ -53,7 +54,7 @@ export interface CollectOptions {
 export type StatusConfig = Pick<Config, 'proc_root' | 'cgroup_root' | 'state_dir'>
 
 /** Same shape as KUBEVIRT_VM_UUID / KUBEVIRT_VM_NAME (invocation.ts). */
-const VM_FILTER = /^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$/
+const VM_FILTER = ID_RE
 
 export function collectStatus(cfg: StatusConfig, vmFilter?: string, opts: CollectOptions = {}): StatusEntry[] {
   if (vmFilter !== undefined && !VM_FILTER.test(vmFilter)) {
