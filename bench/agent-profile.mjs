@@ -1,0 +1,74 @@
+// Not a bench section: a CPU profile of the agent serving launches, for finding where its
+// milliseconds go. Root only.
+//
+//   node bench/agent-profile.mjs [LAUNCHES]     (default 300) -> a .cpuprofile and a top-20 table
+//
+// One install with its agent run as `node --cpu-prof BUNDLE agent` (the code the front would
+// start, with a profiler), a real podman pod, and LAUNCHES launches by the VM uid through the
+// installed front (the startup bench's timer and stand-in QEMU).
+import { execFileSync, spawn, spawnSync } from 'node:child_process'
+import { randomUUID } from 'node:crypto'
+import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
+import { exportSPKI, generateKeyPair, SignJWT } from 'jose'
+import { helper } from './pod.mjs'
+import { ROOT } from './lib.mjs'
+
+const N = Number(process.argv[2] ?? 300)
+const VM_UID = 20001
+const NODE = existsSync('/usr/bin/node') ? '/usr/bin/node' : process.execPath
+const base = mkdtempSync('/var/tmp/qk-agent-prof-')
+chmodSync(base, 0o755)
+const gcc = (name, flags) => { execFileSync('gcc', ['-O2', ...flags, '-o', `${base}/${name}`, `${ROOT}/bench/${name}.c`]); return `${base}/${name}` }
+const timer = gcc('startup-timer', [])
+const standin = gcc('startup-standin', ['-static'])
+const group = execFileSync('getent', ['group', '0'], { encoding: 'utf8' }).split(':')[0]
+execFileSync('bash', [`${ROOT}/scripts/install.sh`, '--prefix', `${base}/prefix`, '--sysconfdir', `${base}/etc`, '--group', group, '--node', NODE], { stdio: ['ignore', 'ignore', 'inherit'] })
+const state = `${base}/state`
+mkdirSync(state, { mode: 0o700 })
+const { privateKey, publicKey } = await generateKeyPair('RS256')
+writeFileSync(`${base}/etc/token.pub`, await exportSPKI(publicKey), { mode: 0o644 })
+writeFileSync(`${base}/etc/qemu-kube.conf`, [`token_public_keys = ["${base}/etc/token.pub"]`, 'token_max_lifetime = 3600', `qemu_binary = "${standin}"`,
+  'qemu_binary_from = "host"', `state_dir = "${state}"`, ''].join('\n'), { mode: 0o644 })
+const vm = { uuid: randomUUID(), name: `prof-${process.pid}` }
+const now = Math.floor(Date.now() / 1000)
+const token = await new SignJWT({ vm_name: vm.name, qemu_uid: VM_UID }).setProtectedHeader({ alg: 'RS256' }).setIssuer('kubevirt.io/virt-handler')
+  .setAudience('qemu-kube').setSubject(vm.uuid).setJti(`prof-${randomUUID()}`).setIssuedAt(now - 1).setExpirationTime(now + 3000).sign(privateKey)
+const pod = await helper.makePodmanPod({ uuid: vm.uuid, name: vm.name, token, qemuUid: VM_UID })
+const profDir = `${base}/prof`
+mkdirSync(profDir)
+const agent = spawn(NODE, ['--cpu-prof', `--cpu-prof-dir=${profDir}`, `${base}/prefix/lib/qemu-kube/qemu-kube.cjs`, 'agent'], { stdio: ['ignore', 'ignore', 'inherit'] })
+try {
+  while (!existsSync(`${base}/etc/qemu-kube-agent/agent.sock`)) await new Promise((r) => setTimeout(r, 50))
+  const ms = []
+  for (let i = 0; i < N; i++) {
+    for (const f of readdirSync(state)) rmSync(`${state}/${f}`, { recursive: true, force: true })
+    const env = [`KUBEVIRT_VM_UUID=${vm.uuid}`, `KUBEVIRT_VM_NAME=${vm.name}`, `KUBEVIRT_SECRET=${token}`].flatMap((e) => ['-e', e])
+    const out = execFileSync(timer, [...env, '-u', String(VM_UID), '--', `${base}/prefix/bin/qemu-kube`, '-name', `guest=${vm.name}`], { encoding: 'utf8' }).trim().split(' ').map(Number)
+    if (out[1] < 0) throw new Error(`launch ${i} did not reach QEMU (status ${out[3]})`)
+    ms.push(out[1] / 1e6)
+  }
+  ms.sort((a, b) => a - b)
+  console.log(`${N} launches through the agent: p50 ${ms[Math.floor(N / 2)].toFixed(2)} ms, p90 ${ms[Math.floor(N * 0.9)].toFixed(2)} ms`)
+  if (process.env.QK_PROF_STRACE) {
+    // One more launch under strace (the front's side: where its milliseconds wait).
+    for (const f of readdirSync(state)) rmSync(`${state}/${f}`, { recursive: true, force: true })
+    const env = [`KUBEVIRT_VM_UUID=${vm.uuid}`, `KUBEVIRT_VM_NAME=${vm.name}`, `KUBEVIRT_SECRET=${token}`].flatMap((e) => ['-e', e])
+    spawnSync('strace', ['-f', '-r', '-o', process.env.QK_PROF_STRACE, timer, ...env, '-u', String(VM_UID), '--', `${base}/prefix/bin/qemu-kube`, '-name', `guest=${vm.name}`])
+  }
+} finally {
+  agent.kill('SIGTERM')
+  await new Promise((r) => agent.on('exit', r))
+  await pod.destroy()
+}
+const file = readdirSync(profDir).find((f) => f.endsWith('.cpuprofile'))
+const prof = JSON.parse(readFileSync(`${profDir}/${file}`, 'utf8'))
+const self = new Map()
+const dt = new Map()
+prof.samples.forEach((id, i) => dt.set(id, (dt.get(id) ?? 0) + (prof.timeDeltas[i] ?? 0)))
+for (const n of prof.nodes) {
+  const k = `${n.callFrame.functionName || '(anon)'} ${n.callFrame.url.split('/').pop()}:${n.callFrame.lineNumber}`
+  self.set(k, (self.get(k) ?? 0) + (dt.get(n.id) ?? 0))
+}
+const total = [...self.values()].reduce((a, b) => a + b, 0)
+console.log(`profile: ${profDir}/${file}; per launch ${(total / N / 1000).toFixed(2)} ms sampled (idle included)`)
+for (const [k, v] of [...self.entries()].sort((a, b) => b[1] - a[1]).slice(0, 25)) console.log(`${(v / N / 1000).toFixed(3)} ms/launch  ${k}`)
