@@ -16,6 +16,11 @@
 // The scan is the hot loop of a launch (a node runs 10k+ processes): one preallocated buffer,
 // one open/pread/close per process, and argv[0] compared as bytes before any string is made.
 // Only processes that pass the scan cost more.
+//
+// The agent may pass `candidates` (its proc index, proc-index.ts) instead: pids whose argv[0]
+// matched as far as the index knows. They are read, pinned and proven exactly as scanned ones,
+// so the index can only cost time (a stale pid) or, if it missed one, an ambiguity; without
+// it, /proc is scanned as before.
 import { closeSync, constants, type Dir, openSync, opendirSync, readFileSync } from 'node:fs'
 import { basename } from 'node:path'
 import { QkError, type ErrorCode } from './errors.ts'
@@ -54,11 +59,11 @@ const CMDLINE = Buffer.from('/cmdline\0')
 const MAX_PID_DIGITS = 7
 const ESRCH = 3
 
-export function findTarget(q: TargetQuery, ops: PidfdOps = sys(), prove: Proof = () => {}): Pinned {
+export function findTarget(q: TargetQuery, ops: PidfdOps = sys(), prove: Proof = () => {}, candidates?: Iterable<number>): Pinned {
   const claimants: Pinned[] = []
   const changed: QkError[] = []
   try {
-    for (const pid of scanLaunchers(q.procRoot, Buffer.from(q.launcherName))) {
+    for (const pid of candidates ?? scanLaunchers(q.procRoot, Buffer.from(q.launcherName))) {
       // A cmdline that cannot be read here is read again once pinned: a live process whose
       // cmdline stays unreadable is an error, not a miss.
       const argv = readCmdline(`${q.procRoot}/${pid}/cmdline`)
