@@ -23,6 +23,8 @@
 //   An unreadable cmdline (other than ENOENT/ESRCH) keeps the pid, as the scan does.
 //   ENOBUFS (the kernel dropped events) or a gap in a CPU's sequence numbers: full rescan, logged.
 // A drain timer (unref'd, 100 ms) keeps the socket buffer from overflowing between launches.
+// A source that fails after open (recv errors other than EAGAIN/ENOBUFS) turns the index into
+// the scan fallback for good, logged once; it never throws from the timer.
 //
 // Fallback: the connector works only as root in the init user and pid namespace, and its pids
 // are the init pid namespace's, so procRoot must be that namespace's /proc (procRoot/self is
@@ -88,6 +90,7 @@ export function openProcIndex(o: ProcIndexOptions): ProcIndex {
   const buf = Buffer.alloc(DGRAM)
   let rescans = 0
   let closed = false
+  let broken = false
   const rescan = (why: string) => {
     rescans++
     o.log?.warn({ why }, 'proc index: events lost, rescanning procRoot')
@@ -115,7 +118,20 @@ export function openProcIndex(o: ProcIndexOptions): ProcIndex {
     }
     return lost
   }
+  // A failing socket (or a bug in applying an event) must not end the agent from the timer,
+  // nor make the index guess: it falls back to scanning for good, and says so once.
   const drain = () => {
+    if (broken) return
+    try {
+      drainOnce()
+    } catch (err) {
+      broken = true
+      o.log?.warn({ reason: (err as Error).message }, 'proc index: the event source failed, every launch scans procRoot from now on')
+      pids.clear()
+      source.close()
+    }
+  }
+  const drainOnce = () => {
     let lost: string | undefined
     for (;;) {
       const n = source.recv(buf)
@@ -128,21 +144,21 @@ export function openProcIndex(o: ProcIndexOptions): ProcIndex {
   }
 
   for (const p of scan()) pids.add(p)
-  drain()
+  drainOnce()
   const drainMs = o.drainMs ?? DRAIN_MS
   const timer = drainMs > 0 ? setInterval(() => { if (!closed) drain() }, drainMs).unref() : undefined
   return {
     candidates() {
       drain()
-      return [...pids].sort((a, b) => a - b)
+      return broken ? scan() : [...pids].sort((a, b) => a - b)
     },
-    mode: 'events',
+    get mode() { return broken ? 'scan' as const : 'events' as const },
     get rescans() { return rescans },
     close() {
       if (closed) return
       closed = true
       if (timer !== undefined) clearInterval(timer)
-      source.close()
+      if (!broken) source.close()
     },
   }
 }

@@ -186,3 +186,18 @@ t.test('close() unsubscribes once', async (t) => {
   ix.close()
   t.equal(src.closed, 1)
 })
+
+t.test('a source that fails after open: logged once, closed, and every candidates() scans', async (t) => {
+  const { root, ix, src, warnings, put } = setup(t)
+  src.source.recv = () => { throw new Error('proc connector: recv failed: errno 9') }
+  put(540, ['virt-launcher'])
+  t.same(ix.candidates(), [500, 540], 'the scan answers, with the launcher no event announced')
+  t.equal(ix.mode, 'scan')
+  t.same(warnings, [{ obj: { reason: 'proc connector: recv failed: errno 9' }, msg: 'proc index: the event source failed, every launch scans procRoot from now on' }])
+  t.equal(src.closed, 1, 'the source is closed')
+  rmSync(`${root}/540`, { recursive: true })
+  t.same(ix.candidates(), [500])
+  t.equal(warnings.length, 1, 'logged once')
+  ix.close()
+  t.equal(src.closed, 1, 'not closed twice')
+})
