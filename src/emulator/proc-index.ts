@@ -22,6 +22,9 @@
 //     launcher again keeps its entry). Thread events are ignored.
 //   An unreadable cmdline (other than ENOENT/ESRCH) keeps the pid, as the scan does.
 //   ENOBUFS (the kernel dropped events) or a gap in a CPU's sequence numbers: full rescan, logged.
+//   The sequence numbers are per CPU and start unknown, so an event lost without ENOBUFS (the
+//   kernel's GFP_NOWAIT allocation failing) before the first event we get from that CPU goes
+//   unseen; ENOBUFS covers the common loss (a full buffer), and the window is one event per CPU.
 // A drain timer (unref'd, 100 ms) keeps the socket buffer from overflowing between launches.
 // A source that fails after open (recv errors other than EAGAIN/ENOBUFS) turns the index into
 // the scan fallback for good, logged once; it never throws from the timer.
@@ -94,7 +97,7 @@ export function openProcIndex(o: ProcIndexOptions): ProcIndex {
   const rescan = (why: string) => {
     rescans++
     o.log?.warn({ why }, 'proc index: events lost, rescanning procRoot')
-    lastSeq.clear()
+    // lastSeq is kept: the kernel's counters run on, so the next event still proves a gap.
     pids.clear()
     for (const p of scan()) pids.add(p)
   }

@@ -126,7 +126,7 @@ t.test('a gap in a CPU\'s sequence numbers: a full rescan; other CPUs count apar
   t.same(warnings.map((w) => w.obj), [{ why: 'cpu 0 sequence 5 after 2' }])
   src.queue.push(exec(0, 6, 300), exec(0, 0xffffffff, 300), exec(0, 0, 300))
   t.same(ix.candidates(), [500, 530])
-  t.equal(ix.rescans, 2, 'after the rescan the sequence restarts; 6 -> 2^32-1 is a gap, the wrap to 0 is not')
+  t.equal(ix.rescans, 2, 'the count runs on across the rescan (5 -> 6); 6 -> 2^32-1 is a gap, the wrap to 0 is not')
 })
 
 t.test('malformed datagrams are skipped, whole messages after them still count', async (t) => {
