@@ -27,10 +27,18 @@ done
 PROGRAMS=(bash sh cat chmod chown cp cut date dirname basename env find getent id install ln ls mkdir
           mktemp mv printf readlink rm rmdir sed sha256sum sleep stat touch true false uname nsenter)
 
-copy() {  # copy FILE: at its real path, and the path as named when that is a symlink
-  local real
+copy() {  # copy FILE: at its real path, and each symlink on the way as a symlink (the loader:
+  local real named  # /lib64/ld-linux-x86-64.so.2 -> /usr/lib64/... -> ../lib/<triplet>/...)
   real=$(readlink -f -- "$1")
-  install -D -m "$(stat -c %a -- "$real")" -- "$real" "$OUT$real"
+  [ -e "$OUT$real" ] || install -D -m "$(stat -c %a -- "$real")" -- "$real" "$OUT$real"
+  named=$1
+  while [ -L "$named" ]; do
+    named=$(readlink -f -- "$(dirname -- "$named")")/$(basename -- "$named")
+    [ -L "$named" ] || break
+    mkdir -p -- "$OUT$(dirname -- "$named")"
+    [ -L "$OUT$named" ] || ln -s -- "$(readlink -- "$named")" "$OUT$named"
+    case $(readlink -- "$named") in /*) named=$(readlink -- "$named") ;; *) named=$(dirname -- "$named")/$(readlink -- "$named") ;; esac
+  done
 }
 libs() {  # the ldd libraries and loader of a program
   ldd "$1" 2>/dev/null | sed -nE 's/.*=> (\/[^ ]+).*/\1/p; s/^[[:space:]]*(\/[^ ]+) \(.*/\1/p'
@@ -44,7 +52,6 @@ done
 for p in "${PROGRAMS[@]}"; do
   f=$(type -P "$p") || die 66 "no $p in the build stage"
   copy "$f"
-  [ -L "$f" ] && ! [ -e "$OUT$f" ] && ln -s -- "$(readlink -f -- "$f")" "$OUT$f"
   for l in $(libs "$f"); do copy "$l"; done
 done
 if [ -n "$NODE" ]; then

@@ -9,11 +9,13 @@
 // a cached build. The paths are compiled into the front, hence fixed: one delivery test file at
 // a time holds LOCK (flock) while it uses ROOT.
 import { execFile } from 'node:child_process'
+import { chmodSync, existsSync, mkdirSync, renameSync, symlinkSync, writeFileSync } from 'node:fs'
 import { REPO, STORE } from './podman.ts'
 
 /** The node's directories in the tests (the image is built for them): under /var/tmp (root, sticky). */
 export const ROOT = '/var/tmp/qemu-kube-delivery'
-export const PREFIX = `${ROOT}/prefix`
+// Named as on a node (PREFIX's basename is qemu-kube): deploy/uninstall.yaml mounts its parent.
+export const PREFIX = `${ROOT}/qemu-kube`
 export const SYSCONFDIR = `${ROOT}/etc`
 export const INSTALLER = 'localhost/qemu-kube-installer:delivery-test'
 /** One user of ROOT at a time (and one image build at a time, with the launcher image's lock). */
@@ -54,10 +56,17 @@ export async function installerImage(): Promise<InstallerImage> {
 
 /**
  * The DaemonSet's pod template as a Pod (podman 4.3 has no DaemonSet kind): apiVersion v1,
- * kind Pod, the template's metadata and spec, its images and hostPaths swapped as given. Nothing
- * else changes: the containers, args, securityContexts and mounts are the manifest's.
+ * kind Pod, the template's metadata and spec, its images, node paths and ConfigMap volumes
+ * swapped as given, restartPolicy OnFailure (see below). Nothing else changes: the containers,
+ * args, securityContexts and mounts are the manifest's.
  */
-export function daemonSetAsPod(text: string, o: { name: string; images: Record<string, string>; hostPaths: Record<string, string> }): string {
+export function daemonSetAsPod(text: string, o: {
+  name: string; images: Record<string, string>
+  /** The node's paths (hostPaths, and the agent's command naming the installed front) -> the test's. */
+  nodePaths: Record<string, string>
+  /** ConfigMap volumes by name -> a host directory laid out as the kubelet does (podman's own are buggy: facts/podman-here.md). */
+  configMaps?: Record<string, string>
+}): string {
   const lines = text.split('\n')
   const at = lines.findIndex((l) => l === '  template:')
   if (at < 0 || !/^kind: DaemonSet$/m.test(text)) throw new Error('daemonSetAsPod: not a DaemonSet with spec.template')
@@ -67,11 +76,30 @@ export function daemonSetAsPod(text: string, o: { name: string; images: Record<s
     body.push(l.slice(4))
   }
   let pod = `apiVersion: v1\nkind: Pod\n${body.join('\n')}\n`
+  // The one podman-ism: podman 4.3 restarts an init container under the DaemonSet's implied
+  // restartPolicy Always and then fails to remove it ("container state improper"); the kubelet
+  // never restarts a succeeded init container, which OnFailure gives here.
+  pod = pod.replace(/^spec:\n/m, 'spec:\n  restartPolicy: OnFailure\n')
   pod = pod.replace(/^metadata:\n/m, `metadata:\n  name: ${o.name}\n`)
   for (const [from, to] of Object.entries(o.images)) pod = pod.split(`image: ${from}`).join(`image: ${to}`)
-  for (const [from, to] of Object.entries(o.hostPaths)) pod = pod.split(`path: ${from}\n`).join(`path: ${to}\n`)
+  for (const [from, to] of Object.entries(o.nodePaths)) pod = pod.split(from).join(to)
+  for (const [name, dir] of Object.entries(o.configMaps ?? {})) {
+    const before = pod
+    pod = pod.replace(new RegExp(`( +)configMap:\n +name: ${name}\n`), (_m, ind: string) => `${ind}hostPath:\n${ind}  path: ${dir}\n${ind}  type: Directory\n`)
+    if (pod === before) throw new Error(`daemonSetAsPod: no configMap volume ${name}`)
+  }
   return pod
 }
 
-/** A ConfigMap volume as the kubelet lays it out: FILE -> ..data/FILE, ..data -> ..TIMESTAMP/. */
-export const KUBELET_DATA = '..2026_12_01_00_00_00.1'
+/** A ConfigMap volume as the kubelet lays it out (FILE -> ..data/FILE, ..data -> ..TIMESTAMP/), swapped by one rename. */
+export function writeConfigMapDir(dir: string, files: Record<string, string>, gen: number): void {
+  const ts = `..2026_12_01_00_00_0${gen}.1`
+  mkdirSync(`${dir}/${ts}`, { recursive: true, mode: 0o755 })
+  chmodSync(dir, 0o755)
+  for (const [name, text] of Object.entries(files)) {
+    writeFileSync(`${dir}/${ts}/${name}`, text, { mode: 0o644 })
+    if (!existsSync(`${dir}/${name}`)) symlinkSync(`..data/${name}`, `${dir}/${name}`)
+  }
+  symlinkSync(ts, `${dir}/..data_tmp`)
+  renameSync(`${dir}/..data_tmp`, `${dir}/..data`)
+}
