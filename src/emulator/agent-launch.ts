@@ -23,6 +23,8 @@ import { authorise, type Trail } from './verify.ts'
 export interface AgentState {
   config: Config
   keys: readonly PublicKey[]
+  /** The launcher pids now (proc-index.ts); a full scan when absent or undefined. */
+  candidates?: () => Iterable<number> | undefined
 }
 
 export interface Answer {
@@ -47,6 +49,7 @@ export async function answerLaunch(req: Launch, front: Consumer, state: AgentSta
     }
     const a = await authorise(inv, {
       config, caller: req.caller, now, ops: os, consume: true, consumer: front, keys: state.keys, lockWaitMs: 0,
+      ...(state.candidates === undefined ? {} : { candidates: state.candidates }),
     }, trail)
     fds.push(a.target.pidfd)
     for (const j of a.cgroups) {

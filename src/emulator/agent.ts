@@ -18,6 +18,7 @@ import { loadConfig } from './config.ts'
 import { asQkError, errnoOf, QkError } from './errors.ts'
 import { loadKeys } from './keys.ts'
 import { makeLogger, type Logger } from './log.ts'
+import { openProcIndex, type ProcIndex } from './proc-index.ts'
 import { AGENT_SOCKET, CONFIG_PATH } from './paths.ts'
 import type { Consumer } from './replay.ts'
 import { sys } from './sys.ts'
@@ -45,6 +46,22 @@ export async function runAgent(o: AgentOptions = {}): Promise<number> {
   const log = o.log ?? makeLogger('info', 1)
   let state = load(configPath)
   log.level = state.config.log_level
+  // The launcher index follows proc_root and launcher_name; a reload that changes either
+  // reopens it. A request that began with the old one (it awaits the token check before
+  // findTarget) gets a full scan instead of a closed index.
+  let index: ProcIndex | undefined
+  let indexKey = ''
+  const withIndex = (s: AgentState): AgentState => {
+    const key = `${s.config.proc_root}\0${s.config.launcher_name}`
+    if (index === undefined || indexKey !== key) {
+      index?.close()
+      index = openProcIndex({ procRoot: s.config.proc_root, launcherName: s.config.launcher_name, log })
+      indexKey = key
+    }
+    const mine = index
+    return { ...s, candidates: () => (index === mine ? mine.candidates() : undefined) }
+  }
+  state = withIndex(state)
 
   process.umask(0o077)
   prepareDir(dirname(socketPath))
@@ -54,13 +71,13 @@ export async function runAgent(o: AgentOptions = {}): Promise<number> {
   await listen(server, socketPath)
   chmodSync(socketPath, 0o600)
   const ours = lstatSync(socketPath).ino
-  log.info({ socket: socketPath, config: configPath, keys: state.keys.length }, 'agent listening')
+  log.info({ socket: socketPath, config: configPath, keys: state.keys.length, procIndex: index?.mode }, 'agent listening')
 
   let reloadTimer: NodeJS.Timeout | undefined
   let watchers: FSWatcher[] = []
   const reload = (why: string) => {
     try {
-      state = load(configPath)
+      state = withIndex(load(configPath))
       log.level = state.config.log_level
       log.info({ why, keys: state.keys.length }, 'agent reloaded config and keys')
     } catch (e) {
@@ -116,6 +133,7 @@ export async function runAgent(o: AgentOptions = {}): Promise<number> {
     // Already gone.
   }
   clearTimeout(reloadTimer)
+  index?.close()
   for (const w of watchers) w.close()
   process.off('SIGHUP', onHup)
   process.off('SIGTERM', onTerm)

@@ -48,6 +48,8 @@ export interface VerifyContext {
   keys?: readonly PublicKey[]
   /** How long to wait for another launch's uid lock; the agent passes 0 (uid-lease.ts). */
   lockWaitMs?: number
+  /** The launcher pids to consider (the agent's proc index); absent or undefined: a full /proc scan. */
+  candidates?: () => Iterable<number> | undefined
 }
 
 declare const authorized: unique symbol
@@ -104,7 +106,7 @@ export async function authorise(inv: Launch, ctx: VerifyContext, trail: Trail): 
         { pid: p.pid })
     }
   }
-  const target = findTarget({ procRoot: cfg.proc_root, launcherName: cfg.launcher_name, ...inv.vm }, ctx.ops, holdsToken)
+  const target = findTarget({ procRoot: cfg.proc_root, launcherName: cfg.launcher_name, ...inv.vm }, ctx.ops, holdsToken, ctx.candidates?.())
   trail.target = { pid: target.pid, startTime: target.startTime }
   try {
     return finish(inv, ctx, target, token, runAs, carry, consumer)

@@ -130,6 +130,7 @@ t.test('the socket: a root 0700 directory, a root 0600 socket; a second agent re
   t.equal(second.code, 71)
   t.equal(JSON.parse(second.stderr.trim()).msg, `another qemu-kube agent listens on ${SOCKET}; stop it first`)
   t.ok(lstatSync(SOCKET).isSocket(), 'the live agent keeps its socket')
+  t.equal(agent.lines().find((l) => l.msg === 'agent listening')?.procIndex, 'events', 'launchers come from the proc index (root, init pid namespace)')
 })
 
 t.test('a non-root client cannot connect', async (t) => {
