@@ -25,6 +25,10 @@
 //   The sequence numbers are per CPU and start unknown, so an event lost without ENOBUFS (the
 //   kernel's GFP_NOWAIT allocation failing) before the first event we get from that CPU goes
 //   unseen; ENOBUFS covers the common loss (a full buffer), and the window is one event per CPU.
+// A drain that finds more than 20k datagrams queued (a fork storm) stops and rescans instead,
+// so candidates() never costs more than the scan it replaces by much, nor waits on a storm.
+// Events are hints, and forged ones change nothing: the socket takes only the kernel's (port
+// 0), and every removal is decided by a read of /proc, never by the event alone.
 // A drain timer (unref'd, 100 ms) keeps the socket buffer from overflowing between launches.
 // A source that fails after open (recv errors other than EAGAIN/ENOBUFS) turns the index into
 // the scan fallback for good, logged once; it never throws from the timer.
@@ -61,6 +65,8 @@ export interface ProcIndexOptions {
   events?: () => ProcEventSource
   /** The drain timer's period; 0: none (tests drive candidates() alone). */
   drainMs?: number
+  /** For tests: datagrams per drain before a scan answers instead. */
+  maxDrain?: number
 }
 
 export interface ProcIndex {
@@ -75,6 +81,8 @@ export interface ProcIndex {
 
 const DRAIN_MS = 100
 const DGRAM = 64 * 1024
+/** Datagrams one drain reads before it answers with a scan instead (see drainOnce). */
+const MAX_DRAIN = 20_000
 
 export function openProcIndex(o: ProcIndexOptions): ProcIndex {
   const name = Buffer.from(o.launcherName)
@@ -91,6 +99,7 @@ export function openProcIndex(o: ProcIndexOptions): ProcIndex {
   const pids = new Set<number>()
   const lastSeq = new Map<number, number>()
   const buf = Buffer.alloc(DGRAM)
+  const maxDrain = o.maxDrain ?? MAX_DRAIN
   let rescans = 0
   let closed = false
   let broken = false
@@ -136,7 +145,13 @@ export function openProcIndex(o: ProcIndexOptions): ProcIndex {
   }
   const drainOnce = () => {
     let lost: string | undefined
-    for (;;) {
+    for (let got = 0; ; got++) {
+      if (got === maxDrain) {
+        // A fork storm may never let the queue run dry. A scan now is as exact as today's;
+        // the rest of the queue is applied later (each event re-reads, so late is harmless).
+        lost ??= `more than ${maxDrain} datagrams pending`
+        break
+      }
       const n = source.recv(buf)
       if (n === -EAGAIN) break
       if (n === -ENOBUFS) { lost ??= 'the socket buffer overflowed (ENOBUFS)'; continue }

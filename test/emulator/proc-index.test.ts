@@ -201,3 +201,16 @@ t.test('a source that fails after open: logged once, closed, and every candidate
   ix.close()
   t.equal(src.closed, 1, 'not closed twice')
 })
+
+t.test('a storm that keeps the queue full: the drain stops at maxDrain and answers with a scan', async (t) => {
+  const root = fakeProc(t, [launcher(500, U, N), { pid: 300, argv: ['/usr/bin/bash'] }])
+  let seq = 0
+  const warnings: object[] = []
+  const storm: ProcEventSource = { recv(buf) { const d = fork(0, seq++, 300, 301); d.copy(buf); return d.length }, close() {} }
+  const ix = openProcIndex({ procRoot: root, launcherName: 'virt-launcher', events: () => storm, drainMs: 0, maxDrain: 50, log: { info() {}, warn: (o: object) => { warnings.push(o) } } as never })
+  t.same(ix.candidates(), [500], 'an answer, though the queue never runs dry')
+  t.equal(seq, 100, 'two drains (open, candidates) of 50 datagrams each')
+  t.equal(ix.rescans, 2)
+  t.same(warnings, [{ why: 'more than 50 datagrams pending' }, { why: 'more than 50 datagrams pending' }])
+  ix.close()
+})
