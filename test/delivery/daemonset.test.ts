@@ -9,7 +9,7 @@ import t, { type Test } from 'tap'
 import { spawn, type ChildProcess } from 'node:child_process'
 import { existsSync, lstatSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync, chmodSync } from 'node:fs'
 import { cleanupStale } from '../helpers/podman.ts'
-import { daemonSetAsPod, installerImage, LOCK, podman, PREFIX, ROOT, sh, SYSCONFDIR, writeConfigMapDir } from '../helpers/delivery.ts'
+import { daemonSetAsPod, installerImage, LOCK, podman, PREFIX, removeCgroupDirs, ROOT, sh, SYSCONFDIR, writeConfigMapDir } from '../helpers/delivery.ts'
 import { REPO } from '../helpers/install.ts'
 import { rsaKey } from '../helpers/tokens.ts'
 
@@ -51,9 +51,20 @@ async function play(t: Test) {
   mkdirSync(vol, { mode: 0o755 })
   const pods = new Set<string>()
   const agents = new Set<string>()
+  const removedIds: string[] = []
+  const ids = async (kind: 'pod' | 'container', names: Iterable<string>) => {
+    const out: string[] = []
+    for (const n of names) {
+      const id = (await podman([kind, 'inspect', '--format', '{{.Id}}', n])).stdout.trim()
+      if (/^[0-9a-f]{64}$/.test(id)) out.push(kind === 'pod' ? id : `libpod-${id}`)
+    }
+    return out
+  }
   t.teardown(async () => {
+    const dirs = [...await ids('container', agents), ...await ids('pod', pods)]
     for (const a of agents) await podman(['rm', '-f', '-t', '10', a])
     for (const p of pods) await podman(['pod', 'rm', '-f', '-t', '0', p])
+    await removeCgroupDirs([...dirs, ...removedIds])
     rmSync(ROOT, { recursive: true, force: true })
   })
 
@@ -140,7 +151,9 @@ async function play(t: Test) {
   })
 
   t.test('an invalid ConfigMap fails the init container; the node keeps what it has', async (t) => {
+    removedIds.push(...await ids('container', agents), ...await ids('pod', [pod]))
     for (const a of agents) await podman(['rm', '-f', '-t', '10', a])
+    agents.clear()
     await podman(['pod', 'rm', '-f', '-t', '10', pod])
     const ino = statSync(front).ino
     writeConfigMapDir(configDir, { 'qemu-kube.conf': `${config}log_levle = "debug"\n` }, 1)
@@ -151,6 +164,7 @@ async function play(t: Test) {
     t.match(await logs(`${bad}-install`), /install-entrypoint: refusing the config, nothing installed: \{"ok":false,"code":"ERR_CONFIG_INVALID","message":"[^"]*qemu-kube\.conf:4: unknown key log_levle \(did you mean log_level\?\)"\}/)
     t.equal(statSync(front).ino, ino, 'the front was not replaced')
     t.equal(readFileSync(`${SYSCONFDIR}/qemu-kube.conf`, 'utf8'), config, 'the config was not replaced')
+    removedIds.push(...await ids('pod', [bad]))
     await podman(['pod', 'rm', '-f', '-t', '0', bad])
   })
 

@@ -103,3 +103,14 @@ export function writeConfigMapDir(dir: string, files: Record<string, string>, ge
   symlinkSync(ts, `${dir}/..data_tmp`)
   renameSync(`${dir}/..data_tmp`, `${dir}/..data`)
 }
+
+/**
+ * podman leaves the empty cgroup directories of a removed pod or container (facts/podman-here.md):
+ * rmdir them bottom-up in every hierarchy. `names` are libpod_parent's children (a pod's id, or
+ * libpod-<id> of a container outside a pod).
+ */
+export async function removeCgroupDirs(names: readonly string[]): Promise<void> {
+  for (const name of names.filter((n) => /^[\w-]+$/.test(n))) {
+    await sh('sh', ['-c', 'for d in /sys/fs/cgroup/*/libpod_parent/"$1"; do [ -d "$d" ] && find "$d" -depth -type d -exec rmdir {} + 2>/dev/null; done; true', 'sh', name])
+  }
+}
