@@ -1,7 +1,10 @@
 // `npm run demo` (scripts/demo.sh bundles and runs this, as root, after scripts/setup.sh):
 // stock libvirt boots one small TCG VM through qemu-kube into a real podman pod (the launcher
 // image, test/helpers/podman.ts), as the VM's own host uid, and the demo prints what a skeptic
-// would check, including another VM's uid failing to reach it. Then it puts everything back.
+// would check, including another VM's uid failing to reach it. The first start is served by the
+// resident agent (`qemu-kube agent`, docs/CHAIN.md section 3), whose status and metrics the demo
+// shows; then the agent is stopped (SIGTERM) and the VM started again through the standalone
+// chain, the fallback every front takes when no agent listens. Then it puts everything back.
 //
 //   demo [--keep]     --keep: leave the VM, its pod and libvirt running; print how to clean up
 //   demo --cleanup    undo a kept (or crashed) demo, from its state file
@@ -11,18 +14,21 @@
 // The libvirt side (qemu.conf backup and restore, which daemons were started) is the test
 // helper's shared protocol (test/helpers/libvirt.ts), so the demo and the e2e tests can share a
 // libvirtd; the pod side is the podman helper's private store (test/helpers/podman.ts).
-import { execFile, spawnSync } from 'node:child_process'
+import { execFile, spawn, spawnSync, type ChildProcess } from 'node:child_process'
 import { createHash, randomUUID } from 'node:crypto'
 import {
-  chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, renameSync, rmSync, rmdirSync, statSync, writeFileSync,
+  chmodSync, closeSync, existsSync, lstatSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, readlinkSync, renameSync, rmSync, rmdirSync, statSync,
+  writeFileSync,
 } from 'node:fs'
+import { dirname } from 'node:path'
 import {
   domainPid, domainXml, qemuConf, QEMU_CONF, startLibvirt, STATE_DIR as LIBVIRT_STATE, stopLibvirt, URI, virsh,
 } from '../test/helpers/libvirt.ts'
 import { hierarchies } from '../test/helpers/pod.ts'
 import {
-  cleanupStale, launcherImage, makePodmanPod, NS_NAMES, podman, podmanUnavailable, REPO, SECRET_PATH, STORE, type PodmanPod,
+  cleanupStale, launcherImage, makePodmanPod, NS_NAMES, podman, podmanUnavailable, REPO, rotateToken, SECRET_PATH, STORE, type PodmanPod,
 } from '../test/helpers/podman.ts'
+import { agentSocket } from '../test/helpers/transport.ts'
 
 const NAME = 'qemu-kube-demo' // libvirt's domain name
 const VM_NAME = 'demo-vm' // KUBEVIRT_VM_NAME, the pod's -kubevirt.vm.name
@@ -40,7 +46,9 @@ const REACH = `${REPO}/dist/native/fixtures/reach`
 const LOG = `/var/log/libvirt/qemu/${NAME}.log`
 /** An in-memory serial console: a host socket path does not exist in QEMU's own mount namespace. */
 const CONSOLE_ARGS = ['-chardev', 'ringbuf,id=qkcons,size=64K', '-serial', 'chardev:qkcons', '-machine', 'graphics=off']
-const STEPS = 8
+const STEPS = 11
+
+interface AgentRecord { pid: number; startTime: string; socket: string; log: string }
 
 interface State {
   /** The demo process that wrote this. */
@@ -50,6 +58,8 @@ interface State {
   base?: string
   front?: string
   libvirt?: boolean
+  /** `qemu-kube agent` (pid and start time: a recycled pid is never signalled), until it exited. */
+  agent?: AgentRecord
   /** The daemons that were not running when the demo started libvirt (so it started them). */
   daemonsStarted?: string[]
   domain?: boolean
@@ -201,6 +211,108 @@ function mountOf(pid: number, mountPoint: string): string | null {
   return `${fstype} ${[...mntOpts, ...superOpts!.split(',').filter((o) => o !== 'rw' && o !== 'ro' && !mntOpts.includes(o))].join(',')}`
 }
 
+/** qemu-kube's decision line in the domain log after byte `from` (libvirt's lines skipped); null when there is none. */
+function decisionSince(from: number): (Record<string, any> & { line: string }) | null {
+  const line = readFileSync(LOG).subarray(from).toString('utf8').split('\n').find((l) => l.includes('"name":"qemu-kube"') && l.includes('"msg":"decision"'))
+  return line === undefined ? null : { ...(JSON.parse(line) as Record<string, any>), line }
+}
+
+/** What a decision's durationMs measures, by the path that served it. */
+const tookWhere = (d: Record<string, any>) => (d.path === 'agent' ? 'in the agent, from accepting the front\'s connection to its reply'
+  : 'in qemu-kube\'s Node stage, from its start (Node\'s own boot not counted) to this decision')
+
+// ---------------------------------------------------------------------------------------------
+// the agent
+
+/** Field 22 of /proc/PID/stat (after the comm, which may hold spaces and parentheses); null when gone. */
+function startTimeOf(pid: number): string | null {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19] ?? null
+  } catch {
+    return null
+  }
+}
+
+/** The recorded agent is still that process (same pid and start time) and not a zombie. */
+const agentAlive = (a: AgentRecord) => alive(a.pid) && startTimeOf(a.pid) === a.startTime
+
+/** The agent this process started; null once it exited (or for a --cleanup run). */
+let agentChild: { child: ChildProcess; exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }> } | null = null
+
+/** Every agent this demo started, for the final check (the state forgets one once it exited). */
+const agentsStarted: AgentRecord[] = []
+
+const agentLog = (a: AgentRecord): Record<string, any>[] => (existsSync(a.log) ? readFileSync(a.log, 'utf8') : '').split('\n').flatMap((l) => {
+  try {
+    return l.startsWith('{') ? [JSON.parse(l) as Record<string, any>] : []
+  } catch {
+    return []
+  }
+})
+
+/**
+ * Starts the install's `qemu-kube agent` as root, its stdout and stderr (the JSON log) into
+ * LOG_FILE, and waits for its "agent listening" line (logged once the socket is bound and
+ * 0600). Not by connecting: a connection that sends no request is a refused decision
+ * (ERR_AGENT_REQUEST_TRUNCATED), which would show in the metrics the demo prints. Recorded
+ * (pid, start time) before the wait, so any clean-up from here on stops it.
+ */
+async function startAgent(front: string, sysconfdir: string, logFile: string): Promise<AgentRecord> {
+  const fd = openSync(logFile, 'wx', 0o600)
+  let child: ChildProcess
+  try {
+    child = spawn(front, ['agent'], { stdio: ['ignore', fd, fd], env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', LC_ALL: 'C' } })
+  } finally {
+    closeSync(fd)
+  }
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((res) => child.on('exit', (code, signal) => res({ code, signal })))
+  child.on('error', () => {}) // a spawn failure shows as its exit below
+  agentChild = { child, exited }
+  const pid = child.pid
+  const startTime = pid === undefined ? null : startTimeOf(pid)
+  if (pid === undefined || startTime === null) throw new Error(`qemu-kube agent did not start: ${readFileSync(logFile, 'utf8').trim()}`)
+  const a: AgentRecord = { pid, startTime, socket: agentSocket({ sysconfdir }), log: logFile }
+  state.agent = a
+  agentsStarted.push(a)
+  save()
+  for (const end = Date.now() + 15_000; !agentLog(a).some((l) => l.msg === 'agent listening');) {
+    if (child.exitCode !== null || child.signalCode !== null) throw new Error(`qemu-kube agent exited ${child.exitCode ?? child.signalCode}: ${readFileSync(logFile, 'utf8').trim()}`)
+    if (Date.now() > end) throw new Error(`qemu-kube agent did not listen on ${a.socket} in 15 s: ${readFileSync(logFile, 'utf8').trim()}`)
+    await sleep(50)
+  }
+  return a
+}
+
+interface AgentExit {
+  /** Our child's exit status (null: killed by a signal, or not our child). */
+  code: number | null
+  signal: NodeJS.Signals | null
+  /** It outlived SIGTERM by 5 s and was SIGKILLed. */
+  killed: boolean
+  /** Our own child (an earlier demo's agent is only seen to be gone). */
+  mine: boolean
+}
+
+/** SIGTERM to the recorded agent, then (after 5 s) SIGKILL; 'absent' when it is gone already. */
+async function stopAgent(a: AgentRecord): Promise<AgentExit | 'absent'> {
+  const mine = agentChild !== null && agentChild.child.pid === a.pid ? agentChild : null
+  const gone = () => (mine !== null ? mine.child.exitCode !== null || mine.child.signalCode !== null : !agentAlive(a))
+  let killed = false
+  if (!gone()) {
+    process.kill(a.pid, 'SIGTERM')
+    for (const end = Date.now() + 5000; !gone() && Date.now() < end;) await sleep(20)
+    if (!gone()) {
+      process.kill(a.pid, 'SIGKILL')
+      killed = true
+      await until(`the agent (pid ${a.pid}) to exit after SIGKILL`, gone, 5000)
+    }
+  } else if (mine === null) return 'absent'
+  if (mine === null) return { code: null, signal: null, killed, mine: false }
+  agentChild = null
+  return { ...(await mine.exited), killed, mine: true }
+}
+
 // ---------------------------------------------------------------------------------------------
 // the demo
 
@@ -344,7 +456,19 @@ async function demo(keep: boolean): Promise<void> {
     + fragment.replace(/(KUBEVIRT_SECRET' value=')[^']*'/, `$1[${tokenBytes}-byte token, not shown]'`).trim())
 
   // 6 ------------------------------------------------------------------------------------------
-  step(`define and start "${NAME}" (TCG, 64 MiB, no disk, in-memory serial console) with the launcher's fragment`)
+  step('the resident agent: qemu-kube agent, started as root (its JSON log captured)')
+  const at = Date.now()
+  const agent = await startAgent(front, sysconfdir, `${base}/agent.log`)
+  const listening = agentLog(agent).find((l) => l.msg === 'agent listening')
+  kv('qemu-kube agent', `pid ${agent.pid}, as root (${front} agent: the front drops to the caller, root, and execs Node); listening in ${secs(Date.now() - at)}`)
+  const sockDir = statSync(dirname(agent.socket))
+  const sock = lstatSync(agent.socket)
+  kv('socket', `${agent.socket}\n${sock.isSocket() ? 'socket' : red('not a socket')} ${sock.uid}:${sock.gid} ${(sock.mode & 0o777).toString(8)} in a directory `
+    + `${sockDir.uid}:${sockDir.gid} ${(sockDir.mode & 0o7777).toString(8)} (root only: the front checks both and the peer's uid)`)
+  kv('its log', `${agent.log}: ${listening ? `"agent listening", ${listening.keys} key(s), launcher index ${listening.procIndex}` : red('no "agent listening" line')}`)
+
+  // 7 ------------------------------------------------------------------------------------------
+  step(`define and start "${NAME}" (TCG, 64 MiB, no disk, in-memory serial console) with the launcher's fragment, through the agent`)
   const emulatorLine = /<emulator>[^<]*<\/emulator>/.exec(fragment)?.[0]
   const seclabel = /<seclabel[\s\S]*?<\/seclabel>/.exec(fragment)?.[0]
   const commandline = /<qemu:commandline>[\s\S]*<\/qemu:commandline>/.exec(fragment)?.[0]
@@ -370,10 +494,19 @@ async function demo(keep: boolean): Promise<void> {
   dt = Date.now()
   const logFrom = existsSync(LOG) ? statSync(LOG).size : 0
   await virshOk(['start', NAME])
-  kv('virsh start', `ok (${secs(Date.now() - dt)})`)
+  const agentStartMs = Date.now() - dt
+  kv('virsh start', `ok in ${secs(agentStartMs)} (wall time: libvirt's fork, the front, the agent's answer, the enter steps, QEMU up)`)
   const consoleText = readConsole(/No bootable device/, 15_000)
+  const decision = decisionSince(logFrom)
+  const agentDecision = decision === null ? undefined : agentLog(agent).find((l) => l.msg === 'decision' && l.jti === decision.jti)
+  kv('served by', decision === null ? red('no decision line in the domain log')
+    : `${decision.path === 'agent' ? green('path "agent"') : red(`path ${JSON.stringify(decision.path)}`)} (the decision line in ${LOG}): ${decision.outcome}, `
+      + `durationMs ${decision.durationMs} (the agent's, from accepting the front's connection to its reply)`)
+  kv('the agent\'s log', agentDecision ? `the same decision (jti ${agentDecision.jti}, peer ${agentDecision.peer}: the front, which became QEMU)`
+    : red('no decision line for this jti'))
+  if (decision?.path !== 'agent') throw new Error(`the agent did not serve the launch: ${decision === null ? 'no decision line' : `path ${JSON.stringify(decision.path)}, agent ${JSON.stringify(decision.agent)}`}`)
 
-  // 7 ------------------------------------------------------------------------------------------
+  // 8 ------------------------------------------------------------------------------------------
   step('the evidence')
   const qpid = domainPid(NAME)
   if (qpid === null) throw new Error('libvirt reports no pid for the domain')
@@ -454,17 +587,16 @@ async function demo(keep: boolean): Promise<void> {
     + `${consoleOut.length ? consoleOut.map((l) => `| ${l}`).join('\n') : '(no output read)'}`)
 
   out(bold('    qemu-kube\'s decision') + dim(`  (its one line in ${LOG}; libvirt's own lines there carry the env, token included)`))
-  const decision = readFileSync(LOG).subarray(logFrom).toString('utf8').split('\n').find((l) => l.includes('"name":"qemu-kube"'))
-  out(`      ${decision ?? red('(not found)')}`)
+  out(`      ${decision?.line ?? red('(not found)')}`)
   if (decision) {
-    const d = JSON.parse(decision) as Record<string, any>
+    const d = decision
     kv('outcome', `${d.outcome} for VM ${d.vm?.name} (${d.vm?.uuid}), token jti ${d.jti}`)
     kv('target', `virt-launcher pid ${d.target?.pid} (start time ${d.target?.startTime})`)
     kv('as', `uid ${d.runAs?.uid} gid ${d.runAs?.gid} groups ${JSON.stringify(d.runAs?.groups)}; namespaces ${d.namespaces?.join(',')}`)
-    kv('took', `${d.durationMs} ms in qemu-kube's Node stage, from its start to this decision`)
+    kv('took', `${d.durationMs} ms ${tookWhere(d)}`)
   }
 
-  // 8 ------------------------------------------------------------------------------------------
+  // 9 ------------------------------------------------------------------------------------------
   step(`another VM's identity (uid ${OTHER_UID}) tries to reach QEMU ${qpid}: reach --uid=${OTHER_UID} --gid=${OTHER_UID} ${qpid}`)
   const attack = await reach([String(qpid)], OTHER_UID)
   const what: Record<string, string> = {
@@ -478,6 +610,64 @@ async function demo(keep: boolean): Promise<void> {
   await sleep(200)
   kv('afterwards', `QEMU ${qpid} ${alive(qpid) ? green('still running') : red('GONE')}; domstate ${(await virshOk(['domstate', NAME])).trim()}; `
     + `query-status ${JSON.parse(await virshOk(['qemu-monitor-command', NAME, '{"execute":"query-status"}'])).return?.status}`)
+
+  // 10 -----------------------------------------------------------------------------------------
+  step('what the agent knows: qemu-kube status and qemu-kube metrics (root operators, over its socket)')
+  const table = run(front, ['status'])
+  const listed1 = table.includes(uuid) && new RegExp(`\\s${qpid}\\s`).test(table)
+  kv('qemu-kube status', `${table.trimEnd()}\n${listed1 ? green(`the running VM: uuid ${uuid}, QEMU ${qpid}`) : red(`VM ${uuid} / QEMU ${qpid} not listed`)}`)
+  const counters = run(front, ['metrics']).split('\n').filter((l) => l.startsWith('qemu_kube_decisions_total'))
+  const ours = counters.find((l) => /path="agent"/.test(l) && /outcome="authorised"/.test(l))
+  kv('qemu-kube metrics', `${counters.length ? counters.join('\n') : red('no qemu_kube_decisions_total line')}\n`
+    + `${ours?.endsWith(' 1') && counters.length === 1 ? green('the one launch above, and nothing else') : red('expected one authorised launch on the agent path and no other decision')}`)
+
+  // 11 -----------------------------------------------------------------------------------------
+  step('the agent stopped (SIGTERM), the VM started again: the standalone path serves it, the fallback')
+  const sigAt = Date.now()
+  const stopped = await stopAgent(agent)
+  const stopMs = Date.now() - sigAt
+  if (stopped === 'absent' || stopped.code !== 0 || stopped.killed) {
+    throw new Error(`the agent did not exit 0 on SIGTERM: ${stopped === 'absent' ? 'it was gone already' : stopped.killed ? 'SIGKILLed after 5 s' : `status ${stopped.code ?? stopped.signal}`}`)
+  }
+  delete state.agent
+  save()
+  const lastLines = agentLog(agent).slice(-2).map((l) => `"${l.msg}"`).join(', ')
+  kv('SIGTERM', `exit ${stopped.code} in ${secs(stopMs)}; its last lines: ${lastLines}`)
+  kv('socket', existsSync(agent.socket) ? red(`${agent.socket} still there`) : `${agent.socket}: removed by the agent (so a front sees AGENT=absent, not ECONNREFUSED)`)
+  kv('QEMU', `${qpid} ${alive(qpid) ? green('still running') : red('GONE')} (the agent is not in a running VM's way)`)
+  await virshOk(['destroy', NAME])
+  await until('QEMU to exit', () => !alive(qpid))
+  kv('virsh destroy', `QEMU ${qpid} exited`)
+  // A fresh single-use token per start, put in the pod's Secret volume as the kubelet does and
+  // into the domain's <qemu:env>: the first one is spent (its jti is recorded).
+  const token2 = run(front, ['token', 'issue', '--key', `${keys}/signing.key`, '--vm-uuid', uuid, '--vm-name', VM_NAME,
+    '--qemu-uid', String(VM_UID), '--ttl', '60s']).trim()
+  rotateToken(pod, token2)
+  writeFileSync(xmlFile, xml.replace(/(KUBEVIRT_SECRET' value=')[^']*'/, (_, p: string) => `${p}${token2}'`), { mode: 0o600 })
+  try {
+    await virshOk(['define', xmlFile])
+  } finally {
+    rmSync(xmlFile, { force: true })
+  }
+  kv('fresh token', 'issued; into the pod\'s Secret volume (..data swapped, as the kubelet does) and the domain\'s <qemu:env> (virsh define)')
+  dt = Date.now()
+  const logFrom2 = statSync(LOG).size
+  await virshOk(['start', NAME])
+  const standaloneStartMs = Date.now() - dt
+  kv('virsh start', `ok in ${secs(standaloneStartMs)} (wall time)`)
+  const d2 = decisionSince(logFrom2)
+  const fallback = d2?.path === 'standalone' && d2.agent === 'absent'
+  kv('served by', d2 === null ? red('no decision line in the domain log')
+    : `${fallback ? green(`path "standalone", agent "absent"`) : red(`path ${JSON.stringify(d2.path)}, agent ${JSON.stringify(d2.agent)}`)}: ${d2.outcome}, `
+      + `durationMs ${d2.durationMs} (${tookWhere(d2)})`)
+  if (!fallback) throw new Error(`the standalone path did not serve the second start: ${d2 === null ? 'no decision line' : `path ${JSON.stringify(d2.path)}, agent ${JSON.stringify(d2.agent)}`}`)
+  const qpid2 = domainPid(NAME)
+  if (qpid2 === null) throw new Error('libvirt reports no pid for the restarted domain')
+  const inPod = (['net', 'ipc', 'uts', 'cgroup'] as const).every((n) => nsOf(qpid2, n) === pod!.ns[n])
+  kv('QEMU', `${qpid2}: uid ${status(qpid2).Uid!.split('\t')[0]}, ${inPod ? green('net, ipc, uts, cgroup = the pod\'s') : red('not in the pod\'s namespaces')}; `
+    + `query-status ${JSON.parse(await virshOk(['qemu-monitor-command', NAME, '{"execute":"query-status"}'])).return?.status}`)
+  kv('the two starts', `agent: virsh start ${secs(agentStartMs)}, decision ${decision?.durationMs} ms\n`
+    + `standalone: virsh start ${secs(standaloneStartMs)}, decision ${d2.durationMs} ms (plus Node's boot, which the agent keeps warm)`)
   stepDone()
 
   if (keep) {
@@ -511,7 +701,7 @@ async function demo(keep: boolean): Promise<void> {
   const left = await leftovers(recorded, confBefore)
   kv('checked', left.length === 0
     ? green(`nothing left: no pod ${recorded.pod?.name} in the podman store, none of its ${recorded.pod?.cgroups?.length ?? 0} cgroup directories, `
-      + `no domain ${NAME}, ${libvirtUsers() > 0 ? `libvirt left to its ${libvirtUsers()} other user(s)` : `${QEMU_CONF} as before libvirt was set up`}, no ${RUN_DIR}`)
+      + `no domain ${NAME}, no agent${agentsStarted.length ? ` (pid ${agentsStarted.map((a) => a.pid).join(', ')} gone)` : ''}, ${libvirtUsers() > 0 ? `libvirt left to its ${libvirtUsers()} other user(s)` : `${QEMU_CONF} as before libvirt was set up`}, no ${RUN_DIR}`)
     : red(`LEFT: ${left.join('; ')}`))
   if (left.length > 0) {
     leftBehind = true
@@ -543,6 +733,7 @@ async function leftovers(s: State, confBefore: string | null): Promise<string[]>
     const conf = existsSync(QEMU_CONF) ? readFileSync(QEMU_CONF, 'utf8') : null
     if (confBefore !== qemuConf() && conf !== confBefore) left.push(`${QEMU_CONF} differs from before the demo`)
   }
+  for (const a of agentsStarted) if (agentAlive(a)) left.push(`qemu-kube agent pid ${a.pid}`)
   if (s.base && existsSync(s.base)) left.push(s.base)
   if (existsSync(RUN_DIR)) left.push(RUN_DIR)
   return left
@@ -641,6 +832,17 @@ async function cleanup(s: State, { quiet }: { quiet: boolean }): Promise<void> {
       errors.push(`${what}: ${(err as Error).message}`)
       if (!quiet) kv(what, red(`FAILED: ${(err as Error).message}`))
     }
+  }
+  // First: nothing is served while the rest is torn down, and its socket goes with the install.
+  if (s.agent) {
+    await attempt('agent', async () => {
+      const a = s.agent!
+      const r = await stopAgent(a)
+      say('agent', r === 'absent' ? `pid ${a.pid}: already gone`
+        : `pid ${a.pid}: ${r.killed ? 'SIGKILL (SIGTERM did not end it in 5 s)' : 'SIGTERM'}${r.mine ? `, exit ${r.code ?? r.signal}` : ', gone'}`)
+      delete s.agent
+      save()
+    })
   }
   if (s.domain) {
     await attempt('domain', async () => {
