@@ -7,15 +7,10 @@ import { podmanUnavailable } from '../helpers/podman.ts'
 import { agentLaunchSetup, inPod, jtiOf, startAgent } from '../helpers/agent-launch.ts'
 
 if (!requireRoot(t, 'the agent is root, the front setuid root, the pods podman\'s')) process.exit(0)
-const why = podmanUnavailable()
-if (why !== null) {
-  t.skip(`real pods needed: ${why}`)
-  process.exit(0)
-}
 
 const N = 32
 
-t.test(`${N} concurrent launches through the agent: all authorised, path agent, each QEMU in its own pod`, async (t) => {
+t.test(`${N} concurrent launches through the agent: all authorised, path agent, each QEMU in its own pod`, { skip: podmanUnavailable() ?? false }, async (t) => {
   const h = await agentLaunchSetup(t, { uids: N })
   const agent = await startAgent(t, h.inst)
   const vms = Array.from({ length: N }, (_, i) => h.vm(`c${i}`))

@@ -50,6 +50,8 @@ export interface AgentLaunch {
   /** Pods for every VM, `batch` podman runs at a time (each takes ~0.4 s and a core). */
   pods(vms: readonly AgentVm[], toks: readonly string[], batch?: number): Promise<PodmanPod[]>
   run(vm: AgentVm, tok: string, front?: string): Promise<Launch>
+  /** Another install with the very config (same keys, same state_dir): a second front, its own agent socket path. */
+  twin(): Installed
   /** The replay record of a jti (src/emulator/replay.ts recordPath: sha256 of the jti, hex). */
   recordOf(jti: string): string | null
 }
@@ -101,6 +103,11 @@ export async function agentLaunchSetup(t: Test, opts: { uids: number; stateDir?:
       return out
     },
     run: (vm, tok, front = inst.front) => runFront(front, vm, tok),
+    twin() {
+      const other = installTemp(t, GROUP)
+      other.writeConfig(config)
+      return other
+    },
     recordOf(jti) {
       const path = `${stateDir}/${createHash('sha256').update(jti).digest('hex')}`
       return existsSync(path) ? readFileSync(path, 'latin1') : null
@@ -120,7 +127,9 @@ export function runFront(front: string, vm: AgentVm, tok: string): Promise<Launc
   child.stdout!.on('data', (d) => (stdout += d))
   child.stderr!.on('data', (d) => (stderr += d))
   return new Promise((res) => child.on('close', (code) => {
-    res({ pid: child.pid!, code, stdout, stderr, report: parse(stdout), decision: parse(stderr.trim().split('\n').at(-1) ?? '') })
+    const report = parse(stdout)
+    const decision = parse(stderr.trim().split('\n').at(-1) ?? '')
+    res({ pid: child.pid!, code, stdout, stderr, ...(report ? { report } : {}), ...(decision ? { decision } : {}) })
   }))
 }
 
