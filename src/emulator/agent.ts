@@ -14,6 +14,7 @@ import { basename, dirname } from 'node:path'
 import { closeQuietly, answerLaunch, refusal, type AgentState, type Answer } from './agent-launch.ts'
 import { encodeReply, RequestParser, type AgentRequest } from './agent-protocol.ts'
 import { socketOps, type SocketOps } from './agent-socket.ts'
+import { warmCgroupLock } from './cgroup.ts'
 import { loadConfig } from './config.ts'
 import { asQkError, errnoOf, QkError } from './errors.ts'
 import { loadKeys } from './keys.ts'
@@ -251,10 +252,13 @@ function handle(sock: Socket, current: () => AgentState, log: Logger, net: Socke
     const line = { level, time: new Date().toISOString(), pid: peer?.pid, name: 'qemu-kube', ...a.decision, durationMs, msg: 'decision' }
     const reply = a.reply.outcome === 'ok' ? a.reply : { ...a.reply, decision: line }
     const what = op === 'status' || op === 'metrics' ? op : 'decision'
-    if (a.decision.outcome === 'refused') log.error(fields, what)
-    else if (a.reply.outcome === 'ok') log.info({ op, outcome: 'ok', durationMs: fields.durationMs, peer: peer?.pid }, what)
-    else log.info(fields, what)
-    if (what === 'decision') o.observe?.(a.decision, seconds)
+    // The front waits for the reply, not for our log line or metrics: those come after it.
+    const record = () => {
+      if (a.decision.outcome === 'refused') log.error(fields, what)
+      else if (a.reply.outcome === 'ok') log.info({ op, outcome: 'ok', durationMs: fields.durationMs, peer: peer?.pid }, what)
+      else log.info(fields, what)
+      if (what === 'decision') o.observe?.(a.decision, seconds)
+    }
     try {
       send(sock, fd, encodeReply(reply), a.fds, net, log)
     } catch (e) {
@@ -266,6 +270,7 @@ function handle(sock: Socket, current: () => AgentState, log: Logger, net: Socke
       if (peer !== undefined && peer.pidfd >= 0) closeQuietly(peer.pidfd)
       sock.end()
       setTimeout(() => sock.destroy(), 2000).unref()
+      record()
     }
   }
 
@@ -303,10 +308,15 @@ function handle(sock: Socket, current: () => AgentState, log: Logger, net: Socke
     sock.removeAllListeners('data')
     sock.on('data', () => {})
     const state = current()
+    // Started before the verification, done before the front writes its cgroup.procs fds:
+    // warmCgroupLock (cgroup.ts) says why a harmless move of the agent into its own cgroup
+    // spares those writes the RCU grace period a first writer waits for. The reply waits for
+    // it, so its fd is closed and its move is over before the front's begin.
+    const warm = req.op === 'launch' ? warmCgroupLock(state.config.proc_root, state.config.cgroup_root) : Promise.resolve()
     const work: Promise<Answer> = req.op === 'launch'
       ? answerLaunch(req, peer!.front, state, sys())
       : bodyOf(req, state, o)
-    work.then(finish, (e: unknown) => finish(refusal(e)))
+    Promise.all([work, warm]).then(([a]) => finish(a), (e: unknown) => finish(refusal(e)))
   }
 }
 

@@ -217,6 +217,12 @@ t.test('a launch through the real front into a real podman pod: the agent serves
   const fdLinks = () => readdirSync(`/proc/${agent.child.pid}/fd`).map((f) => { try { return `${f}:${readlinkSync(`/proc/${agent.child.pid}/fd/${f}`)}` } catch { return `${f}:gone` } })
   // What a request opens: pidfds and cgroup.procs files (connection sockets come and go).
   const agentFds = () => fdLinks().filter((l) => l.endsWith('[pidfd]') || l.endsWith('/cgroup.procs')).length
+  // The agent closes a request's fds right after its sendmsg, so the front may have exited a
+  // moment before: the count must come back to `want` within a second, not on the first look.
+  const settledFds = async (want: number) => {
+    for (let i = 0; i < 50 && agentFds() !== want; i++) await new Promise((res) => setTimeout(res, 20))
+    return agentFds()
+  }
 
   // Another launch for this uid holds its lease lock (a standalone chain its caller stopped):
   // the agent refuses at once instead of sleeping on the thread that serves everyone.
@@ -233,13 +239,13 @@ t.test('a launch through the real front into a real podman pod: the agent serves
   t.same({ code: lockLine.code, reason: lockLine.reason, path: lockLine.path },
     { code: 'ERR_UID_IN_USE', reason: `another launch for uid ${UID} holds its lease lock; the agent does not wait for it`, path: 'agent' })
   t.ok(Date.now() - t0 < 1500, 'refused at once, not after the 2 s standalone wait')
-  t.equal(agentFds(), fdsBefore, 'the refusal closed the pidfd it had opened')
+  t.equal(await settledFds(fdsBefore), fdsBefore, 'the refusal closed the pidfd it had opened')
   holder.kill('SIGKILL')
   await new Promise((res) => holder.on('exit', res))
 
   const r = await runFront(['-name', 'guest=agentpod', '-S'], env)
   t.equal(r.code, 0, r.stderr)
-  t.equal(agentFds(), fdsBefore, 'every fd opened for the launch was closed once replied')
+  t.equal(await settledFds(fdsBefore), fdsBefore, 'every fd opened for the launch was closed once replied')
   const line = JSON.parse(r.stderr.trim().split('\n')[0]!)
   t.equal(line.outcome, 'authorised')
   t.equal(line.msg, 'decision')
@@ -250,7 +256,11 @@ t.test('a launch through the real front into a real podman pod: the agent serves
   const rep = JSON.parse(r.stdout)
   t.equal(rep.pid, r.pid, 'QEMU is the process libvirt spawned')
   for (const ns of ['net', 'ipc', 'uts'] as const) t.equal(String(rep.ns[ns]), String(p.ns[ns]), `${ns} namespace is the pod's`)
-  const served = agent.lines().find((l) => l.msg === 'decision' && l.outcome === 'authorised')
+  // The agent logs after it has replied (the front does not wait for the log): give the line
+  // its moment to arrive through the pipe.
+  const servedLine = () => agent.lines().find((l) => l.msg === 'decision' && l.outcome === 'authorised')
+  for (let i = 0; i < 100 && servedLine() === undefined; i++) await new Promise((res) => setTimeout(res, 20))
+  const served = servedLine()
   t.equal(served?.peer, r.pid, 'the agent logged the front as its peer')
   const lease = JSON.parse(readFileSync(`${stateDir}/uids/${UID}`, 'utf8'))
   t.same(lease, { vm: vm.uuid, name: vm.name, pid: r.pid, startTime: lease.startTime, launcher: { pid: p.pid, startTime: lease.launcher.startTime } },
