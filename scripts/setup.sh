@@ -3,8 +3,10 @@
 # fast when everything is in place (no output then); one line per step it has to do; loud and
 # non-zero when a step fails (the step's own output is printed then).
 #
-#   1. apt packages (root only): QEMU, libvirt, a C toolchain with a static libc, util-linux,
-#      iproute2, procps. `apt-get update` runs once, and only when something is missing.
+#   1. apt packages (root only): QEMU, libvirt, podman, a C toolchain with a static libc,
+#      util-linux, iproute2, procps, mmdebstrap (the delivery tests' offline Debian base image,
+#      scripts/delivery-base-image.mjs). `apt-get update` runs once, and only when something is
+#      missing.
 #   2. the users and groups libvirt needs without libvirt-daemon-system, and /dev/kvm as Debian's
 #      udev rule would leave it (root only).
 #   3. `npm ci` when node_modules is missing or older than package-lock.json. Install scripts
@@ -16,7 +18,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
-  podman runc catatonit gcc libc6-dev make util-linux iproute2 procps)
+  podman runc catatonit gcc libc6-dev make util-linux iproute2 procps mmdebstrap)
 # What `npm run build` writes; the first is rewritten by every build and serves as its stamp.
 BUILT=(dist/qemu-kube.cjs dist/qemu-kube-cli.cjs dist/virt-launcher.cjs dist/virt-launcher
   dist/native/front dist/native/enter dist/native/fixtures/pause dist/native/fixtures/reporter)
