@@ -11,6 +11,7 @@ import { QkError } from './errors.ts'
 import { collectStatus } from './status/collect.ts'
 import { formatStatus, STATUS_FORMATS, type StatusFormat } from './status/format.ts'
 import { createMetrics } from './status/metrics.ts'
+import { writeMetricsTextfile } from './status/textfile.ts'
 
 export function addAgentCommands(program: Command): void {
   program.command('agent')
@@ -37,8 +38,11 @@ export function addAgentCommands(program: Command): void {
     })
 
   program.command('metrics')
-    .description('print the agent\'s Prometheus metrics')
-    .action(async () => {
-      process.stdout.write(await askAgent({ op: 'metrics' }))
+    .description('print the agent\'s Prometheus metrics (or write them as a node-exporter textfile)')
+    .option('--textfile <path>', 'write them atomically to this NAME.prom file instead (node-exporter\'s textfile collector)')
+    .action(async (o: { textfile?: string }) => {
+      const text = await askAgent({ op: 'metrics' })
+      if (o.textfile === undefined) process.stdout.write(text)
+      else writeMetricsTextfile(o.textfile, text)
     })
 }
