@@ -634,7 +634,7 @@ async function demo(keep: boolean): Promise<void> {
   const lastLines = agentLog(agent).slice(-2).map((l) => `"${l.msg}"`).join(', ')
   kv('SIGTERM', `exit ${stopped.code} in ${secs(stopMs)}; its last lines: ${lastLines}`)
   kv('socket', existsSync(agent.socket) ? red(`${agent.socket} still there`) : `${agent.socket}: removed by the agent (so a front sees AGENT=absent, not ECONNREFUSED)`)
-  kv('QEMU', `${qpid} ${alive(qpid) ? green('still running') : red('GONE')} (the agent is not in a running VM's way)`)
+  kv('QEMU', `${qpid} ${alive(qpid) ? green('still running') : red('GONE')} (stopping the agent does not touch a running VM)`)
   await virshOk(['destroy', NAME])
   await until('QEMU to exit', () => !alive(qpid))
   kv('virsh destroy', `QEMU ${qpid} exited`)
@@ -667,7 +667,7 @@ async function demo(keep: boolean): Promise<void> {
   kv('QEMU', `${qpid2}: uid ${status(qpid2).Uid!.split('\t')[0]}, ${inPod ? green('net, ipc, uts, cgroup = the pod\'s') : red('not in the pod\'s namespaces')}; `
     + `query-status ${JSON.parse(await virshOk(['qemu-monitor-command', NAME, '{"execute":"query-status"}'])).return?.status}`)
   kv('the two starts', `agent: virsh start ${secs(agentStartMs)}, decision ${decision?.durationMs} ms\n`
-    + `standalone: virsh start ${secs(standaloneStartMs)}, decision ${d2.durationMs} ms (plus Node's boot, which the agent keeps warm)`)
+    + `standalone: virsh start ${secs(standaloneStartMs)}, decision ${d2.durationMs} ms\n(standalone's durationMs leaves out Node's own boot, which the agent has behind it; virsh start's wall time counts everything)`)
   stepDone()
 
   if (keep) {
