@@ -7,7 +7,8 @@
 #
 # The demo itself is scripts/demo.ts (it builds on the test helpers), bundled here with esbuild.
 # Clean-up happens in the demo on success, error and Ctrl-C; should it die outright (SIGKILL),
-# the trap below finishes the job from the demo's state file (scripts/demo.ts --cleanup).
+# the trap below finishes the job from the demo's state file (scripts/demo.ts --cleanup), which
+# stops the qemu-kube agent the demo started first (by its recorded pid and start time).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
