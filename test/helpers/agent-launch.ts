@@ -49,7 +49,7 @@ export interface AgentLaunch {
   pod(vm: AgentVm, tok: string): Promise<PodmanPod>
   /** Pods for every VM, `batch` podman runs at a time (each takes ~0.4 s and a core). */
   pods(vms: readonly AgentVm[], toks: readonly string[], batch?: number): Promise<PodmanPod[]>
-  run(vm: AgentVm, tok: string, front?: string): Promise<Launch>
+  run(vm: AgentVm, tok: string, front?: string): Promise<Launch> & { pid: number }
   /** Another install with the very config (same keys, same state_dir): a second front, its own agent socket path. */
   twin(): Installed
   /** The replay record of a jti (src/emulator/replay.ts recordPath: sha256 of the jti, hex). */
@@ -117,7 +117,7 @@ export async function agentLaunchSetup(t: Test, opts: { uids: number; stateDir?:
 }
 
 /** The front as libvirt runs it for this VM: its uid and gid (seclabel +UID:+UID), the <qemu:env> triple. */
-export function runFront(front: string, vm: AgentVm, tok: string): Promise<Launch> {
+export function runFront(front: string, vm: AgentVm, tok: string): Promise<Launch> & { pid: number } {
   const child = spawn(front, QEMU_ARGS, {
     uid: vm.uid, gid: vm.uid, stdio: ['ignore', 'pipe', 'pipe'],
     env: { PATH: '/usr/bin:/bin', KUBEVIRT_VM_UUID: vm.uuid, KUBEVIRT_VM_NAME: vm.name, KUBEVIRT_SECRET: tok },
@@ -126,11 +126,24 @@ export function runFront(front: string, vm: AgentVm, tok: string): Promise<Launc
   let stderr = ''
   child.stdout!.on('data', (d) => (stdout += d))
   child.stderr!.on('data', (d) => (stderr += d))
-  return new Promise((res) => child.on('close', (code) => {
+  const done = new Promise<Launch>((res) => child.on('close', (code) => {
     const report = parse(stdout)
     const decision = parse(stderr.trim().split('\n').at(-1) ?? '')
     res({ pid: child.pid!, code, stdout, stderr, ...(report ? { report } : {}), ...(decision ? { decision } : {}) })
   }))
+  return Object.assign(done, { pid: child.pid! })
+}
+
+/**
+ * Where a process sleeps in the kernel (/proc/PID/wchan) and its current syscall number
+ * (/proc/PID/syscall's first field), or null once it is gone.
+ */
+export function blockedIn(pid: number): { wchan: string; syscall: string } | null {
+  try {
+    return { wchan: readFileSync(`/proc/${pid}/wchan`, 'utf8'), syscall: readFileSync(`/proc/${pid}/syscall`, 'utf8').split(' ')[0]! }
+  } catch {
+    return null
+  }
 }
 
 function parse(s: string): Record<string, any> | undefined {
