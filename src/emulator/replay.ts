@@ -117,10 +117,14 @@ export function purgeExpired(stateDir: string, now: Date, tolerance: number): vo
 }
 
 export function ensureStateDir(dir: string): void {
-  try {
-    mkdirSync(dir, { mode: 0o700 })
-  } catch (err) {
-    if (errnoOf(err) !== 'EEXIST') throw new QkError('ERR_OS', `cannot create state dir ${dir}: ${errnoOf(err) ?? 'error'}`, { dir })
+  // Made only when missing: the agent passes here three times per launch, and a thrown EEXIST
+  // costs more than the lstat (checkStateDir inspects whatever is there either way).
+  if (lstatSync(dir, { throwIfNoEntry: false }) === undefined) {
+    try {
+      mkdirSync(dir, { mode: 0o700 })
+    } catch (err) {
+      if (errnoOf(err) !== 'EEXIST') throw new QkError('ERR_OS', `cannot create state dir ${dir}: ${errnoOf(err) ?? 'error'}`, { dir })
+    }
   }
   checkStateDir(dir)
 }
