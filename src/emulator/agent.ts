@@ -38,6 +38,7 @@ export interface AgentOptions {
 }
 
 const REQUEST_TIMEOUT_MS = 2000
+const ENOPROTOOPT = 92
 const RELOAD_DEBOUNCE_MS = 200
 
 /** Runs until SIGTERM (or SIGINT) and the drain; resolves the exit status. */
@@ -329,20 +330,26 @@ async function bodyOf(req: AgentRequest, state: AgentState, o: AgentOptions): Pr
 }
 
 /**
- * The peer: SO_PEERCRED's pid, pinned by SO_PEERPIDFD (taken by the kernel at connect, so it
- * is that process even if it has died and its pid was reused since). Its start time is read
+ * The peer: SO_PEERCRED's pid, pinned by SO_PEERPIDFD where the kernel has it (taken by the
+ * kernel at connect, so it is that process even if it has died and its pid was reused since). Its start time is read
  * after, then the pidfd is asked whether it still lives: if so, the pid still names it, and the
  * start time read is its own. It becomes QEMU, so the replay record and the uid lease name it.
  */
 export function who(fd: number, net: SocketOps, procRoot: string,
-  alive: (pidfd: number) => boolean = (p) => sys().pidfdSignalZero(p) === 0): { pid: number; pidfd: number; front: Consumer } {
+  alive: (pidfd: number) => boolean = (p) => sys().pidfdSignalZero(p) === 0,
+  open: (pid: number) => number = (pid) => sys().pidfdOpen(pid)): { pid: number; pidfd: number; front: Consumer } {
   const cred = net.peerCred(fd)
   if (cred.uid !== 0) {
     throw new QkError('ERR_CALLER_NOT_ALLOWED', `the agent serves root peers only (the setuid front), got SO_PEERCRED uid ${cred.uid} pid ${cred.pid}`,
       { uid: cred.uid, pid: cred.pid })
   }
-  const pidfd = net.peerPidfd(fd)
-  if (pidfd < 0) throw new QkError('ERR_OS', `getsockopt(SO_PEERPIDFD) failed: errno ${-pidfd} (Linux 6.5 or later is needed)`)
+  let pidfd = net.peerPidfd(fd)
+  // Before Linux 6.5 there is no SO_PEERPIDFD: pidfd_open the pid instead, in the same order
+  // (pidfd, then stat, then alive). Weaker: a front killed by its caller between connect and
+  // here whose pid was recycled at once would be mistaken for its successor; the successor is
+  // no peer of ours, so it gains only a lease or record naming it (the launch has no front left).
+  if (pidfd === -ENOPROTOOPT) pidfd = open(cred.pid)
+  if (pidfd < 0) throw new QkError('ERR_OS', `cannot pin the peer (pid ${cred.pid}): errno ${-pidfd}`, { pid: cred.pid })
   const stat = readStat(procRoot, cred.pid)
   if (stat === undefined || !alive(pidfd)) {
     closeQuietly(pidfd)

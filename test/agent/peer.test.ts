@@ -31,10 +31,17 @@ t.test('a peer that is not root is refused: ERR_CALLER_NOT_ALLOWED', async (t) =
   })
 })
 
-t.test('no SO_PEERPIDFD, or a peer that died (its start time could be a successor\'s): ERR_OS', async (t) => {
+t.test('no SO_PEERPIDFD (before Linux 6.5): pidfd_open pins the peer instead; any other failure, or a peer that died (its start time could be a successor\'s): ERR_OS', async (t) => {
   const proc = fakeProc(t, [{ pid: 700, argv: ['x'] }])
-  t.same(refusal(() => who(3, net({ pid: 700, uid: 0, gid: 0 }, -92), proc, () => true)), {
-    code: 'ERR_OS', message: 'getsockopt(SO_PEERPIDFD) failed: errno 92 (Linux 6.5 or later is needed)',
+  const opened: number[] = []
+  t.same(who(3, net({ pid: 700, uid: 0, gid: 0 }, -92), proc, () => true, (pid) => { opened.push(pid); return 91 }),
+    { pid: 700, pidfd: 91, front: { pid: 700, startTime: '1700' } })
+  t.same(opened, [700], 'pidfd_open of the SO_PEERCRED pid, once')
+  t.same(refusal(() => who(3, net({ pid: 700, uid: 0, gid: 0 }, -92), proc, () => true, () => -3)), {
+    code: 'ERR_OS', message: 'cannot pin the peer (pid 700): errno 3',
+  })
+  t.same(refusal(() => who(3, net({ pid: 700, uid: 0, gid: 0 }, -9), proc, () => true)), {
+    code: 'ERR_OS', message: 'cannot pin the peer (pid 700): errno 9',
   })
   t.same(refusal(() => who(3, net({ pid: 700, uid: 0, gid: 0 }), proc, () => false)), {
     code: 'ERR_OS', message: 'the peer (pid 700) exited before its request was read',
