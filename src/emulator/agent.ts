@@ -340,7 +340,7 @@ export function who(fd: number, net: SocketOps, procRoot: string,
   open: (pid: number) => number = (pid) => sys().pidfdOpen(pid)): { pid: number; pidfd: number; front: Consumer } {
   const cred = net.peerCred(fd)
   if (cred.uid !== 0) {
-    throw new QkError('ERR_CALLER_NOT_ALLOWED', `the agent serves root peers only (the setuid front), got SO_PEERCRED uid ${cred.uid} pid ${cred.pid}`,
+    throw new QkError('ERR_AGENT_PEER_NOT_ROOT', `the agent serves root peers only (the setuid front), got SO_PEERCRED uid ${cred.uid} pid ${cred.pid}`,
       { uid: cred.uid, pid: cred.pid })
   }
   let pidfd = net.peerPidfd(fd)

@@ -57,6 +57,7 @@ const table = {
   ERR_SECRET_MISMATCH: [EX_NOPERM, 'the token in the pod differs from KUBEVIRT_SECRET; was the Secret rotated?'],
   ERR_LAUNCHER_UID_MISMATCH: [EX_CONFIG, 'virt-launcher\'s -qemu-uid and its token\'s qemu_uid claim must both be the uid virt-handler allocated for this VM; recreate the pod'],
   ERR_AGENT_UNAVAILABLE: [EX_UNAVAILABLE, 'proc_root is not this process\'s pid namespace, so only the agent can serve this launch: start `qemu-kube agent` (the DaemonSet\'s agent container) and check its socket'],
+  ERR_AGENT_PEER_NOT_ROOT: [EX_NOPERM, 'only root (the setuid front) may ask the agent; its socket directory must be root-owned 0700 and the socket 0600'],
   ERR_AGENT_REQUEST_TOO_BIG: [EX_PROTOCOL, 'an agent request is at most 256 KiB; only the qemu-kube front speaks to the agent'],
   ERR_AGENT_REQUEST_TRUNCATED: [EX_PROTOCOL, 'the agent request ended before its `end` record; only the qemu-kube front speaks to the agent'],
   ERR_AGENT_REQUEST_MALFORMED: [EX_PROTOCOL, 'the agent request is not the qk-agent-1 framing of docs/CHAIN.md section 3'],

@@ -24,10 +24,10 @@ t.test('a root peer is named by its pid and start time, with its pidfd', async (
   t.same(who(3, net({ pid: 700, uid: 0, gid: 0 }), proc, () => true), { pid: 700, pidfd: 90, front: { pid: 700, startTime: '4242' } })
 })
 
-t.test('a peer that is not root is refused: ERR_CALLER_NOT_ALLOWED', async (t) => {
+t.test('a peer that is not root is refused: ERR_AGENT_PEER_NOT_ROOT', async (t) => {
   const proc = fakeProc(t, [{ pid: 700, argv: ['x'] }])
   t.same(refusal(() => who(3, net({ pid: 700, uid: 65534, gid: 65534 }), proc, () => true)), {
-    code: 'ERR_CALLER_NOT_ALLOWED', message: 'the agent serves root peers only (the setuid front), got SO_PEERCRED uid 65534 pid 700',
+    code: 'ERR_AGENT_PEER_NOT_ROOT', message: 'the agent serves root peers only (the setuid front), got SO_PEERCRED uid 65534 pid 700',
   })
 })
 
