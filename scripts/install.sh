@@ -187,21 +187,35 @@ done
 
 # koffi: only the files its loader requires (index.cjs -> src/koffi/index.cjs ->
 # src/koffi/src/static.cjs -> @koromix/koffi-linux-ARCH -> {linux,musl}_ARCH/koffi.node).
-NM_NEW=$LIB/.node_modules.new NM_OLD=$LIB/.node_modules.old
-rm -rf -- "$NM_NEW" "$NM_OLD"
+# Each file by rename into the live directory, never a swap of node_modules itself: a swap is
+# two renames (old out, new in) and a standalone launch that checks or loads koffi.node between
+# them fails. (A window of two syscalls: test/delivery/upgrade-inflight.test.ts, launches in
+# flight across five installs, did not hit it with the swap; nothing ruled it out either.)
+# Files of an older layout that are no longer shipped go after, when nothing names them.
+NM=$LIB/node_modules
+rm -rf -- "$LIB/.node_modules.new" "$LIB/.node_modules.old"  # left by the older swap
+if [ -L "$NM" ] || { [ -e "$NM" ] && [ ! -d "$NM" ]; }; then die 78 "refusing: $NM exists and is not a directory"; fi
+KEEP=()
+nm_put() {  # nm_put SRC REL: SRC as NM/REL, root 0644, its directories root 0755
+  local d
+  d=$(dirname -- "$NM/$2")
+  [ -d "$d" ] || install -d -o root -g root -m 0755 -- "$d"
+  put 0644 root "$1" "$NM/$2"
+  KEEP+=("$NM/$2")
+}
 for f in package.json LICENSE.txt index.cjs index.js src/koffi/index.cjs src/koffi/index.js \
          src/koffi/src/static.cjs src/koffi/src/static.js; do
-  install -D -o root -g root -m 0644 -- "$KOFFI_SRC/$f" "$NM_NEW/koffi/$f"
+  nm_put "$KOFFI_SRC/$f" "koffi/$f"
 done
 for f in package.json index.js linux_$ARCH/koffi.node musl_$ARCH/koffi.node; do
   [ -f "$KOFFI_NATIVE_SRC/$f" ] || continue
-  install -D -o root -g root -m 0644 -- "$KOFFI_NATIVE_SRC/$f" "$NM_NEW/@koromix/koffi-linux-$ARCH/$f"
+  nm_put "$KOFFI_NATIVE_SRC/$f" "@koromix/koffi-linux-$ARCH/$f"
 done
-chown -R root:root -- "$NM_NEW"
-find "$NM_NEW" -type d -exec chmod 0755 {} +
-if [ -e "$LIB/node_modules" ]; then mv -T -- "$LIB/node_modules" "$NM_OLD"; fi
-mv -T -- "$NM_NEW" "$LIB/node_modules"
-rm -rf -- "$NM_OLD"
+while IFS= read -r -d '' f; do
+  case " ${KEEP[*]} " in *" $f "*) ;; *) rm -f -- "$f" ;; esac
+done < <(find "$NM" \( -type f -o -type l \) -print0)
+find "$NM" -mindepth 1 -depth -type d -empty -delete
+find "$NM" -type d -exec chmod 0755 {} + -exec chown root:root {} +
 
 # The front last: it only ever points at pieces that are already in place.
 # The code cache before the bundle it belongs to; the bundle ignores a cache made for other code.
