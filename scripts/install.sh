@@ -188,9 +188,11 @@ done
 # koffi: only the files its loader requires (index.cjs -> src/koffi/index.cjs ->
 # src/koffi/src/static.cjs -> @koromix/koffi-linux-ARCH -> {linux,musl}_ARCH/koffi.node).
 # Each file by rename into the live directory, never a swap of node_modules itself: a swap is
-# two renames (old out, new in) and a standalone launch that checks or loads koffi.node between
-# them fails. (A window of two syscalls: test/delivery/upgrade-inflight.test.ts, launches in
-# flight across five installs, did not hit it with the swap; nothing ruled it out either.)
+# two renames (old out, new in), and a standalone launch whose front checks koffi.node between
+# them is refused (measured with the swap, test/delivery/upgrade-inflight.test.ts: 1 of 436
+# launches, ERR_FRONT_UNSAFE_PATH "lib/qemu-kube/node_modules: open: No such file or directory").
+# The front itself stays last below, so a launch may still pair an old front with newer pieces
+# (docs/DELIVERY.md, "Upgrade in flight").
 # Files of an older layout that are no longer shipped go after, when nothing names them.
 NM=$LIB/node_modules
 rm -rf -- "$LIB/.node_modules.new" "$LIB/.node_modules.old"  # left by the older swap

@@ -71,6 +71,11 @@ async function storm(t: Test) {
   const first = await install('stage-a')
   t.equal(first.code, 0, `install A: ${first.stderr}`)
 
+  // koffi's directory stays, its files are replaced (a swap of the directory left a moment with no koffi.node).
+  const nm = `${prefix}/lib/qemu-kube/node_modules`
+  const koffiNode = `${nm}/@koromix/koffi-linux-${process.arch}/linux_${process.arch}/koffi.node`
+  const before = { dir: statSync(nm).ino, file: statSync(koffiNode).ino }
+
   let agent: RunningAgent = await startAgent(t, inst)
   const vms: AgentVm[] = Array.from({ length: WORKERS }, (_, i) => ({ uuid: randomUUID(), name: `up-${i}`, uid: uidFirst + i }))
   let jti = 0
@@ -168,6 +173,8 @@ async function storm(t: Test) {
   t.ok(await same(`${base}/stage-b/qemu-kube.cjs`, `${prefix}/lib/qemu-kube/qemu-kube.cjs`), 'the bundle is B\'s')
   const st = statSync(inst.front)
   t.same([st.mode.toString(8), st.uid, st.gid], ['104755', 0, gidOf(GROUP)], 'the front: 4755 root:GROUP')
+  t.equal(statSync(nm).ino, before.dir, 'node_modules was never swapped: the same directory')
+  t.not(statSync(koffiNode).ino, before.file, 'koffi.node in it was replaced (by rename)')
   const left = await run('find', [prefix, sysconfdir, '-name', '.*.new'])
   t.equal(left.stdout, '', 'no temporary file left')
   t.notOk(existsSync(`${prefix}/lib/qemu-kube/.node_modules.old`), 'no old module tree left')
