@@ -58,7 +58,8 @@ async function storm(t: Test) {
 
   const key = await rsaKey()
   const pub = writeKey(tempDir(t, 'qk-up-keys-'), 'signing.pem', key.pem)
-  const uidFirst = 52000 + (process.pid % 100) * 16
+  // Above agent-launch.ts's blocks (40000..52799) and the e2e range (20000..29999).
+  const uidFirst = 56000 + (process.pid % 200) * 16
   const config = toml({
     token_public_keys: [pub], vm_uid_range: [uidFirst, uidFirst + WORKERS - 1], pod_link_socket: '',
     qemu_binary: `${FIXTURES}/reporter`, qemu_binary_from: 'host', probe_qemu_binary: `${FIXTURES}/reporter`,
