@@ -9,7 +9,8 @@
 // The kill is made to land mid-flight by order, not timing: the agent is SIGSTOPped, the 8 fronts
 // started, and each is seen blocked in recvmsg on its connection (/proc/PID/syscall 47: its
 // request sent, its reply awaited) before the agent is killed (1) at once, or (2) SIGCONTed and
-// killed on the first decision it logs for one of them.
+// killed on the first decision it logs for one of them (it logs after its reply, so that one was
+// answered; the others are queued, or being verified, or answered in the same instant).
 import t, { type Test } from 'tap'
 import type { ChildProcess } from 'node:child_process'
 import { requireRoot } from '../helpers/pod.ts'
@@ -108,11 +109,7 @@ t.test(`the agent killed with ${N} launches in flight`, { skip: podmanUnavailabl
     t.ok(killedAfter !== undefined, 'the agent logged a decision for one of them and was killed there')
     const how = noneHalfDone(t, h, done, pods, vms, toks)
     const tally = how.reduce<Record<string, number>>((a, k) => ({ ...a, [k]: (a[k] ?? 0) + 1 }), {})
-    // A launch the agent decided (logged) whose reply never arrived: its standalone fallback
-    // found the agent's record naming its own front and went on (replay.ts, case 1).
-    const decided = new Set(line.split('\n').filter((l) => l.includes('"msg":"decision"')).map((l) => (JSON.parse(l) as { peer?: number }).peer))
-    const reclaimed = done.filter((r) => r.decision?.path === 'standalone' && decided.has(r.pid)).length
-    t.comment(`how the ${N} ended: ${JSON.stringify(tally)}; decided by the agent but answered standalone: ${reclaimed}`)
+    t.comment(`how the ${N} ended: ${JSON.stringify(tally)}`)
     t.ok(Object.keys(tally).every((k) => /^(agent|standalone down:(EOF|ECONNRESET)|refused ERR_[A-Z_]+)$/.test(k)),
       'each: served by the agent, or standalone after the agent went down (EOF or ECONNRESET), or refused')
     t.ok((tally['agent'] ?? 0) < N, 'the kill landed mid-flight: the agent did not serve all of them')
