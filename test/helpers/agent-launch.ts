@@ -14,14 +14,13 @@ import { existsSync, readFileSync } from 'node:fs'
 import { SignJWT } from 'jose'
 import type { Test } from 'tap'
 import { FIXTURES, installTemp, type Installed } from './install.ts'
-import { gidOf } from './ids.ts'
 import { makePodmanPod, type PodmanPod } from './podman.ts'
 import { AUD, ISS, rsaKey, tempDir, writeKey, type KeyPair } from './tokens.ts'
 
-export { startAgent, agentSocket, type RunningAgent } from './transport.ts'
+export { startAgent, type RunningAgent } from './transport.ts'
 
+/** The install's group (the front is 4755: any caller may run it; the VM's uid and gid are its own). */
 export const GROUP = 'nogroup'
-export const GID = gidOf(GROUP)
 /** libvirt's argv is not needed here: the reporter only reports. */
 export const QEMU_ARGS = ['-S']
 
