@@ -20,7 +20,7 @@ import { installerImage, LOCK, podman, PREFIX, ROOT, SYSCONFDIR, writeConfigMapD
 // Through libvirt-container.ts: this file runs once, its transports are its own subtests
 // (scripts/test.mjs runs a file that names the e2e or transport helper once per transport).
 import {
-  allocateUid, guestPids, HOST_PROC, installWith, libvirtdImage, libvirtdImageUnavailable, nsInode, qemuKubeLines, runLibvirtContainer, startAgent,
+  allocateUid, cleanupStaleContainers, guestPids, HOST_PROC, installWith, libvirtdImage, libvirtdImageUnavailable, nsInode, qemuKubeLines, runLibvirtContainer, startAgent,
   status, until, type LibvirtContainer, type RunningAgent,
 } from '../helpers/libvirt-container.ts'
 import { domainXml, qemuConf } from '../helpers/libvirt.ts'
@@ -52,6 +52,8 @@ async function play(t: Test) {
   const lock = await holdLock()
   t.teardown(() => { lock.stdin?.end() })
   await cleanupStale()
+  const stale = await cleanupStaleContainers()
+  if (stale.length > 0) t.comment(`removed the leftovers of dead runs: ${stale.join(', ')}`)
   const inst = await installerImage()
   const lvImg = await libvirtdImage()
   t.comment(`installer ${inst.image} (${inst.seconds.toFixed(1)} s); libvirtd ${lvImg.image}: ${lvImg.packages} packages, `
@@ -175,7 +177,13 @@ async function play(t: Test) {
     t.equal(d.path, 'agent', 'decision path: agent')
     t.equal(d.target?.pid, p.pid, 'the decision names the pod\'s launcher by its host pid')
     t.equal(d.runAs?.uid, v.uid)
-    inPod(t, v, p, lv)
+    const pid = inPod(t, v, p, lv)
+    if (pid !== undefined) {
+      t.equal(nsInode(pid, 'pid'), nsInode(lv.libvirtdPid, 'pid'), 'QEMU stays in libvirt\'s pid namespace (pid is not in namespaces)')
+      const tracked = Number((await lv.sh(`cat /run/libvirt/qemu/${v.name}.pid`)).stdout.trim())
+      t.equal(tracked, Number(status(pid).NSpid!.split(/\s+/).at(-1)), 'the pid libvirt tracks (its own pid namespace\'s) is QEMU')
+      t.equal(d.pid, pid, 'the decision names the front by its host pid (SO_PEERCRED, translated by the kernel)')
+    }
     t.ok(agent!.log().includes(v.uuid), 'the host agent logged the launch')
     const destroy = await lv.virsh(['destroy', v.name])
     t.equal(destroy.code, 0, destroy.stderr)

@@ -45,9 +45,42 @@ export function libvirtdImage(): Promise<LibvirtdImage> {
   })
 }
 
-const ownerTag = () => {
-  const stat = readFileSync(`/proc/${process.pid}/stat`, 'utf8')
-  return `${process.pid}:${stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19]}`
+/** "<pid>:<start time>" (as podman.ts labels its pods): a pid alone may be reused. */
+const ownerTag = (pid = process.pid) => {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    return `${pid}:${stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19]}`
+  } catch {
+    return 'gone'
+  }
+}
+
+/** This file's container names (and the volume's), PID the test process: what cleanupStaleContainers() may remove. */
+const OURS = /^qkt-(\d+)-(?:libvirtd|libvirtd-hostpid|install-host|install-vol|prefix)$/
+
+/**
+ * Removes the libvirt containers, installer containers and PREFIX volumes that runs which died
+ * without their teardown left (their owner label, or the volume name's pid, is not a live
+ * process with that start time). Returns the names removed.
+ */
+export async function cleanupStaleContainers(): Promise<string[]> {
+  const removed: string[] = []
+  const ps = await podman(['ps', '-a', '--no-trunc', '--filter', `label=${OWNER_LABEL}`, '--format', `{{.Names}} {{.ID}} {{index .Labels "${OWNER_LABEL}"}}`])
+  for (const line of ps.stdout.split('\n').filter(Boolean)) {
+    const [name = '', id = '', owner = ''] = line.split(' ')
+    if (!OURS.test(name) || ownerTag(Number(owner.split(':')[0])) === owner) continue
+    await podman(['rm', '-f', '-t', '0', name])
+    await removeCgroupDirs([`libpod-${id}`])
+    removed.push(name)
+  }
+  const vols = await podman(['volume', 'ls', '--format', '{{.Name}}'])
+  for (const name of vols.stdout.split('\n').filter(Boolean)) {
+    const pid = OURS.exec(name)?.[1]
+    if (pid === undefined || !name.endsWith('-prefix') || existsSync(`/proc/${pid}`)) continue
+    await podman(['volume', 'rm', '-f', name])
+    removed.push(name)
+  }
+  return removed
 }
 
 /** One run of the installer image's entrypoint (the init container), removed after; its exit code and log. */
