@@ -14,6 +14,11 @@
 // -daemonize reparents the capability-probe QEMUs to PID 1, and libvirtd as PID 1 never reaps
 // them (libvirt then waits 40 s per probe, "Failed to terminate process ... with SIGKILL").
 // Everything is in test/helpers/podman.ts's private store and carries its owner label.
+//
+// Traps (measured): a podman named volume (the emptyDir here) is mounted nosuid unless the bind
+// says `:suid`, and install-entrypoint.sh rightly refuses a nosuid target (exit 78); podman
+// refuses --init with --pid host (there conmon, a child subreaper, reaps the probe QEMUs); the
+// image has no grep/ps: use bash builtins and cat in sh().
 import { execFile } from 'node:child_process'
 import { existsSync, readdirSync, readFileSync } from 'node:fs'
 import { podman, REPO, STORE, type Run } from './podman.ts'
