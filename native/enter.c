@@ -482,9 +482,31 @@ static void parse_args(int argc, char **argv)
 
 /* ---- 2./3. namespaces ------------------------------------------------------------------------- */
 
-static int pidfd_signal0(int pidfd)
+/*
+ * 0 while the pidfd's process lives, else -1 with errno (ESRCH: it exited; EBADF: no pidfd).
+ * pidfd_send_signal(0) answers only for a process in our pid namespace or below it, and says
+ * EINVAL for any other; the agent hands the front pidfds of processes outside its pid namespace
+ * (libvirt in a container without hostPID). A pidfd polls readable once its process has
+ * exited, whichever namespace it is in: that answers then.
+ */
+static int pidfd_alive(int pidfd)
 {
-	return (int)syscall(SYS_pidfd_send_signal, pidfd, 0, NULL, 0);
+	if (syscall(SYS_pidfd_send_signal, pidfd, 0, NULL, 0) == 0)
+		return 0;
+	if (errno != EINVAL)
+		return -1;
+	struct pollfd p = {.fd = pidfd, .events = POLLIN};
+	if (poll(&p, 1, 0) < 0)
+		return -1;
+	if (p.revents & POLLNVAL) {
+		errno = EBADF;
+		return -1;
+	}
+	if (p.revents != 0) {
+		errno = ESRCH;
+		return -1;
+	}
+	return 0;
 }
 
 /* The pid the pidfd refers to, as /proc (the one /proc/PID/ns is read from) numbers it. */
@@ -536,7 +558,7 @@ static void enter_by_proc(void)
 			qk_bail("OPEN", path, "the target process is gone or /proc is not the host's");
 	}
 	/* Still alive after the opens, so the pid was not reused: the files are the pinned one's. */
-	if (o.pidfd >= 0 && pidfd_signal0(o.pidfd) != 0)
+	if (o.pidfd >= 0 && pidfd_alive(o.pidfd) != 0)
 		qk_bail("PIDFD", "target exited while its namespaces were opened", "start the VM again");
 	for (size_t i = 0; i < NNS; i++) {
 		if (nsfd[i] < 0)
@@ -555,7 +577,7 @@ static void enter_namespaces(void)
 	if (o.ns == 0)
 		return;
 	if (o.pidfd >= 0) {
-		if (pidfd_signal0(o.pidfd) != 0)
+		if (pidfd_alive(o.pidfd) != 0)
 			qk_bail("PIDFD", "pidfd_send_signal(pidfd, 0)",
 			     errno == ESRCH ? "the pod's process exited; start the VM again" : "--pidfd is not a pidfd");
 		/* Irreversible: all requested namespaces at once, atomically (Linux >= 5.8). */

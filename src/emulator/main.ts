@@ -5,7 +5,7 @@
 // - anything else: an operator command (`explain`, `check-config`, `keygen`, `token issue`),
 //   run with the caller's own credentials.
 // Only this file ends the process.
-import { existsSync } from 'node:fs'
+import { readlinkSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { classify } from './invocation.ts'
 import { loadConfig } from './config.ts'
@@ -54,9 +54,13 @@ async function emulate(args: readonly string[]): Promise<number> {
     // proc_root of another pid namespace (libvirt in a container without hostPID): our own pid
     // is not in it, so nothing this process could pin or lease is what it seems; only the agent,
     // which runs where proc_root is its own, can serve.
-    if (!existsSync(`${config.proc_root}/self`)) {
+    // A host /proc seen from a child pid namespace still has a `self`: it names our host pid,
+    // not process.pid. Only a `self` that is this very process makes proc_root our own.
+    const self = ownPidIn(config.proc_root)
+    if (self !== String(process.pid)) {
+      const why = self === undefined ? `${config.proc_root}/self does not exist` : `${config.proc_root}/self is pid ${self}, not this process (pid ${process.pid})`
       throw new QkError('ERR_AGENT_UNAVAILABLE',
-        `${config.proc_root}/self does not exist, so standalone cannot serve this launch; the agent at ${AGENT_SOCKET} did not (AGENT=${agent})`,
+        `${why}, so standalone cannot serve this launch; the agent at ${AGENT_SOCKET} did not (AGENT=${agent})`,
         { socket: AGENT_SOCKET, agent })
     }
     const lockWarm = warmCgroupLock(config.proc_root, config.cgroup_root)
@@ -77,6 +81,15 @@ function decide(log: Logger, record: ReturnType<typeof authorisedRecord>, agent:
   const fields = { ...record, path: 'standalone', agent, durationMs }
   if (record.outcome === 'refused') log.error(fields, 'decision')
   else log.info(fields, 'decision')
+}
+
+/** Where PROC/self leads (a pid as that procfs numbers it), or undefined when it leads nowhere. */
+function ownPidIn(procRoot: string): string | undefined {
+  try {
+    return readlinkSync(`${procRoot}/self`)
+  } catch {
+    return undefined
+  }
 }
 
 const DECIMAL = /^(0|[1-9]\d{0,9})$/

@@ -4,7 +4,7 @@
 // by the installed setuid front; a real podman pod for the launch.
 import t, { type Test } from 'tap'
 import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process'
-import { chmodSync, closeSync, lstatSync, readlinkSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, utimesSync, writeFileSync } from 'node:fs'
+import { chmodSync, closeSync, lstatSync, readlinkSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs'
 import { createHash } from 'node:crypto'
 import { SignJWT } from 'jose'
 import { FIXTURES, REPO, installTemp, toml } from '../helpers/install.ts'
@@ -315,6 +315,15 @@ t.test('standalone where proc_root is not our pid namespace: ERR_AGENT_UNAVAILAB
   t.equal(line.reason, `${fakeProc}/self does not exist, so standalone cannot serve this launch; the agent at ${SOCKET} did not (AGENT=absent)`)
   t.equal(line.path, 'standalone')
   t.equal(r.stdout, '', 'QEMU never ran')
+
+  // The host's /proc seen from a child pid namespace has a `self`, naming our host pid: not ours.
+  symlinkSync('1', `${fakeProc}/self`)
+  const r2 = await runFront(['-S'], { KUBEVIRT_VM_UUID: 'x-1', KUBEVIRT_VM_NAME: 'x', KUBEVIRT_SECRET: await token() })
+  t.equal(r2.code, 69)
+  const line2 = JSON.parse(r2.stderr.trim())
+  t.equal(line2.code, 'ERR_AGENT_UNAVAILABLE')
+  t.equal(line2.reason, `${fakeProc}/self is pid 1, not this process (pid ${r2.pid}), so standalone cannot serve this launch; the agent at ${SOCKET} did not (AGENT=absent)`)
+  t.equal(r2.stdout, '', 'QEMU never ran')
 })
 
 // The agent recorded a launch (its replay record names the front) and died before its reply;
