@@ -11,19 +11,18 @@
 // Root and podman only; podman's store is test/helpers/podman.ts's. ROOT's paths are compiled
 // into the installer image, so this file holds the delivery tests' LOCK while it runs.
 //
-// Measured here (2026-12-02, kernel 6.18, podman 4.3.1, runc), what (a) and (c) run into:
+// What (a) and (c) found (measured 2026-12-02, kernel 6.18, podman 4.3.1, runc), at 5db1e42:
 // - The host's procfs bind-mounted into a container whose pid namespace is a child of the host's
-//   shows the container's processes under their host pids, so /host/proc/self EXISTS (it is the
-//   reader's host pid, not the pid it knows itself by). main.ts's guard
-//   `!existsSync(proc_root/self)` therefore never fires; standalone goes on and fails reading
-//   /host/proc/<own pid>/stat: ERR_OS, not ERR_AGENT_UNAVAILABLE. Comparing
-//   readlink(proc_root/self) with process.pid fires as intended (checked with a patched bundle).
+//   shows the container's processes under their host pids, so /host/proc/self EXISTS (the
+//   reader's host pid, not the pid it knows itself by): a guard `!existsSync(proc_root/self)`
+//   never fires, and standalone failed reading /host/proc/<own pid>/stat (ERR_OS, not
+//   ERR_AGENT_UNAVAILABLE). main.ts now compares readlink(proc_root/self) with process.pid.
 // - pidfd_send_signal(pidfd, 0) on a pidfd of a process outside the caller's pid namespace (the
 //   pod's launcher, seen from the libvirt container) fails with EINVAL, while setns(pidfd,
-//   mnt|net|ipc|uts|cgroup) on the same pidfd succeeds (a 30-line C check with two unshare -p
-//   namespaces). native/enter.c's liveness check bails on it (ERR_ENTER_PIDFD, "--pidfd is not a
-//   pidfd"). With that check accepting EINVAL (a patched front, not committed), (a) passes whole.
-// So (a) and (c) fail until native/enter.c and src/emulator/main.ts change; (b) passes.
+//   mnt|net|ipc|uts|cgroup) on the same pidfd succeeds (checked with two unshare -p namespaces):
+//   the front bailed with ERR_ENTER_PIDFD "--pidfd is not a pidfd". native/enter.c's
+//   pidfd_alive() now falls back to poll() on EINVAL.
+// With both, every check here passes; without either, (a) or (c) fails.
 import t, { type Test } from 'tap'
 import { spawn, type ChildProcess } from 'node:child_process'
 import { randomUUID } from 'node:crypto'
@@ -224,7 +223,11 @@ async function play(t: Test) {
     t.equal(d.code, 'ERR_AGENT_UNAVAILABLE', 'refused as ERR_AGENT_UNAVAILABLE')
     t.equal(d.path, 'standalone')
     t.equal(d.agent, 'absent')
-    t.match(d.reason, `the agent at ${AGENT_DIR}/agent.sock did not (AGENT=absent)`, 'the message names the socket and AGENT')
+    const m = /^\/host\/proc\/self is pid (\d+), not this process \(pid (\d+)\), so standalone cannot serve this launch; the agent at (\S+) did not \(AGENT=absent\)$/.exec(d.reason ?? '')
+    t.ok(m, `the message names proc_root/self's pid, its own, the socket and AGENT: ${d.reason}`)
+    t.equal(m?.[3], `${AGENT_DIR}/agent.sock`, 'the socket the front looked for')
+    t.equal(Number(m?.[2]), d.pid, 'its own pid is the one it logs (the container\'s pid namespace)')
+    t.not(m?.[1], m?.[2], 'proc_root/self names another pid')
     t.match(r.stderr, /ERR_AGENT_UNAVAILABLE/, 'virsh start quotes the refusal')
     t.same(guestPids(v.name), [], 'no QEMU for the guest')
     t.ok(existsSync(`/proc/${p.pid}`), 'the pod lives on')
