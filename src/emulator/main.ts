@@ -5,7 +5,8 @@
 // - anything else: an operator command (`explain`, `check-config`, `keygen`, `token issue`),
 //   run with the caller's own credentials.
 // Only this file ends the process.
-import { readlinkSync } from 'node:fs'
+import { realpathSync } from 'node:fs'
+import { basename } from 'node:path'
 import { createRequire } from 'node:module'
 import { classify } from './invocation.ts'
 import { loadConfig } from './config.ts'
@@ -83,10 +84,13 @@ function decide(log: Logger, record: ReturnType<typeof authorisedRecord>, agent:
   else log.info(fields, 'decision')
 }
 
-/** Where PROC/self leads (a pid as that procfs numbers it), or undefined when it leads nowhere. */
+/**
+ * The pid PROC/self resolves to (as that procfs numbers it), or undefined when it leads nowhere.
+ * Resolved whole, so a proc_root whose self links to /proc/self (a test tree) still answers.
+ */
 function ownPidIn(procRoot: string): string | undefined {
   try {
-    return readlinkSync(`${procRoot}/self`)
+    return basename(realpathSync(`${procRoot}/self`))
   } catch {
     return undefined
   }
