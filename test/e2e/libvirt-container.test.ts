@@ -26,7 +26,7 @@
 import t, { type Test } from 'tap'
 import { spawn, type ChildProcess } from 'node:child_process'
 import { randomUUID } from 'node:crypto'
-import { chmodSync, existsSync, mkdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs'
+import { chmodSync, existsSync, mkdirSync, readFileSync, readlinkSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { SignJWT } from 'jose'
 import { cleanupStale, makePodmanPod, podmanUnavailable, type PodmanPod } from '../helpers/podman.ts'
 import { installerImage, LOCK, podman, PREFIX, ROOT, SYSCONFDIR, writeConfigMapDir } from '../helpers/delivery.ts'
@@ -112,12 +112,19 @@ async function play(t: Test) {
     })
     t.equal(host.code, 0, `host install: ${host.stderr}`)
     t.equal((await podman(['volume', 'create', volume])).code, 0, 'podman volume create')
+    // As the kubelet makes an emptyDir: 0777 (podman's volume is 0755).
+    const mountpoint = (await podman(['volume', 'inspect', '--format', '{{.Mountpoint}}', volume])).stdout.trim()
+    chmodSync(mountpoint, 0o777)
     const vol = await installWith(inst.image, {
       name: `qkt-${process.pid}-install-vol`, args: [...installArgs, '--emptydir'],
       binds: [`${volume}:/target:suid`, `${ROOT}/ctr-etc:/target-etc`, `${ctrCfg}:/config:ro`, `${keysDir}:/keys:ro`],
     })
     t.equal(vol.code, 0, `volume install: ${vol.stderr}`)
     t.match(vol.stdout, /install-entrypoint: config ok/, 'the container\'s config passed the validator')
+    t.match(vol.stdout, '/target is a fresh emptyDir (0777, empty): making it 0755', 'the emptyDir case')
+    t.equal((statSync(mountpoint).mode & 0o7777).toString(8), '755', 'the volume is 0755 now')
+    const front = statSync(`${mountpoint}/bin/qemu-kube`)
+    t.same([(front.mode & 0o7777).toString(8), front.uid, front.gid], ['4755', 0, Number(kvm)], 'the front in the volume: 4755 root:kvm')
   })
   if (!existsSync(FRONT)) return
 
