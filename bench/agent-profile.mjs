@@ -6,9 +6,14 @@
 // One install with its agent run as `node --cpu-prof BUNDLE agent` (the code the front would
 // start, with a profiler), a real podman pod, and LAUNCHES launches by the VM uid through the
 // installed front (the startup bench's timer and stand-in QEMU).
+//   QK_PROF_OFF=1              no profiler: the launch and the agent's durationMs p50/p90 only
+//   QK_PROF_NODE_FLAGS="..."   more Node flags for the agent (e.g. --trace-gc)
+//   QK_PROF_AGENT_OUT=FILE     the agent's stdout (its log, and --trace-gc's lines) to FILE
+//   QK_PROF_STRACE=FILE        one more launch of the front under strace -f -r
+// The agent's VmRSS, RssAnon and fd count are printed after 10 launches and every 500.
 import { execFileSync, spawn, spawnSync } from 'node:child_process'
 import { randomUUID } from 'node:crypto'
-import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
+import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
 import { exportSPKI, generateKeyPair, SignJWT } from 'jose'
 import { helper } from './pod.mjs'
 import { ROOT } from './lib.mjs'
@@ -39,8 +44,8 @@ mkdirSync(errDir, { mode: 0o700 })
 chownSync(errDir, VM_UID, VM_UID)
 const profDir = `${base}/prof`
 mkdirSync(profDir)
-const agent = spawn(NODE, [...(process.env.QK_PROF_OFF ? [] : ['--cpu-prof', `--cpu-prof-dir=${profDir}`]), `${base}/prefix/lib/qemu-kube/qemu-kube.cjs`, 'agent'],
-  { stdio: ['ignore', 'ignore', 'inherit'] })
+const agent = spawn(NODE, [...(process.env.QK_PROF_NODE_FLAGS ?? '').split(' ').filter(Boolean), ...(process.env.QK_PROF_OFF ? [] : ['--cpu-prof', `--cpu-prof-dir=${profDir}`]), `${base}/prefix/lib/qemu-kube/qemu-kube.cjs`, 'agent'],
+  { stdio: ['ignore', process.env.QK_PROF_AGENT_OUT ? openSync(process.env.QK_PROF_AGENT_OUT, 'w') : 'ignore', 'inherit'] })
 try {
   while (!existsSync(`${base}/etc/qemu-kube-agent/agent.sock`)) await new Promise((r) => setTimeout(r, 50))
   const ms = []
@@ -53,6 +58,10 @@ try {
     agentMs.push(JSON.parse(readFileSync(errFile, 'utf8').trim().split('\n')[0]).durationMs)
     if (out[1] < 0) throw new Error(`launch ${i} did not reach QEMU (status ${out[3]})`)
     ms.push(out[1] / 1e6)
+    if ((i + 1) % 500 === 0 || i === 9) {
+      const st = readFileSync(`/proc/${agent.pid}/status`, 'utf8')
+      console.log(`after ${i + 1}: VmRSS ${/VmRSS:\s+(\d+)/.exec(st)[1]} kB, RssAnon ${/RssAnon:\s+(\d+)/.exec(st)[1]} kB, fds ${readdirSync(`/proc/${agent.pid}/fd`).length}`)
+    }
   }
   ms.sort((a, b) => a - b)
   agentMs.sort((a, b) => a - b)
