@@ -286,8 +286,13 @@ t.test('a launch through the real front into a real podman pod: the agent serves
 })
 
 t.test('SIGTERM: no new connections, the in-flight request drains, exit 0; then standalone serves (agent absent)', async (t) => {
+  // In flight = accepted by the agent (one more fd in it), not merely started: a client still
+  // starting up when SIGTERM lands is no connection to drain (python can take 300 ms to start).
+  const agentFdCount = () => readdirSync(`/proc/${agent.child.pid}/fd`).length
+  const before = agentFdCount()
   const inFlight = raw(frame('qk-agent-1', 'op=launch'), 'hang')
-  await new Promise((r) => setTimeout(r, 300))
+  for (let i = 0; i < 500 && agentFdCount() <= before; i++) await new Promise((r) => setTimeout(r, 10))
+  t.ok(agentFdCount() > before, 'the agent has accepted the in-flight connection')
   agent.child.kill('SIGTERM')
   await agent.waitFor((l) => l.msg === 'agent stopping: no new connections, draining', 'stopping line')
   const late = await raw(encodeRequest(probe))
