@@ -5,7 +5,6 @@ import { createConnection } from 'node:net'
 import { allCodes, errnoOf, QkError, type ErrorCode } from './errors.ts'
 import { decodeReply, encodeRequest, type AgentRequest } from './agent-protocol.ts'
 import { AGENT_SOCKET } from './paths.ts'
-import type { StatusEntry } from './status/collect.ts'
 
 /** A reply is at most this big (the front's cap too). */
 const MAX_REPLY = 1024 * 1024
@@ -41,36 +40,4 @@ export async function askAgent(req: Exclude<AgentRequest, { op: 'launch' }>, soc
   const d = JSON.parse(r.decision?.[0] ?? '{}') as { code?: string; reason?: string }
   const code: ErrorCode = (allCodes as string[]).includes(d.code ?? '') ? d.code as ErrorCode : 'ERR_INTERNAL'
   throw new QkError(code, `the agent refused op=${req.op}: ${d.reason ?? 'no reason given'}`)
-}
-
-type Cri = {
-  qemu_kube: {
-    uuid: string; name: string | null; uid: number
-    qemu: { pid: number; uid: number | null; start_time: string; namespaces: StatusEntry['qemu']['namespaces'] }
-    launcher: StatusEntry['launcher']; cgroup: string | null; uptime_seconds: number | null; problems: string[]
-    cgroup_dirs: { cpu: { source: 'v1' | 'v2'; dir: string } | null; memory: { source: 'v1' | 'v2'; dir: string } | null }
-  }
-  cpu?: { timestamp: string; usage_core_nano_seconds: { value: string } }
-  memory?: { timestamp: string; working_set_bytes: { value: string } }
-}
-
-/** The entries back from the agent's JSON body (status/format.ts criStats, inverted), for the human table. */
-export function entriesFromCri(body: string): StatusEntry[] {
-  const { stats } = JSON.parse(body) as { stats: Cri[] }
-  return stats.map((s) => {
-    const q = s.qemu_kube
-    return {
-      uid: q.uid,
-      vm: q.uuid,
-      name: q.name,
-      qemu: { pid: q.qemu.pid, startTime: q.qemu.start_time, uid: q.qemu.uid, namespaces: q.qemu.namespaces, uptimeSeconds: q.uptime_seconds },
-      launcher: q.launcher,
-      cgroup: q.cgroup,
-      cpu: s.cpu === undefined || q.cgroup_dirs.cpu === null ? null
-        : { timestamp: BigInt(s.cpu.timestamp), usageCoreNanoSeconds: BigInt(s.cpu.usage_core_nano_seconds.value), ...q.cgroup_dirs.cpu },
-      memory: s.memory === undefined || q.cgroup_dirs.memory === null ? null
-        : { timestamp: BigInt(s.memory.timestamp), workingSetBytes: BigInt(s.memory.working_set_bytes.value), ...q.cgroup_dirs.memory },
-      problems: q.problems,
-    }
-  })
 }

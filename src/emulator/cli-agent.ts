@@ -6,10 +6,10 @@
 // the socket.
 import { Option, type Command } from 'commander'
 import { runAgent } from './agent.ts'
-import { askAgent, entriesFromCri } from './agent-client.ts'
+import { askAgent } from './agent-client.ts'
 import { QkError } from './errors.ts'
 import { collectStatus } from './status/collect.ts'
-import { formatStatus, STATUS_FORMATS, type StatusFormat } from './status/format.ts'
+import { entriesFromJson, formatStatus, STATUS_FORMATS, type StatusFormat } from './status/format.ts'
 import { createMetrics } from './status/metrics.ts'
 import { writeMetricsTextfile } from './status/textfile.ts'
 
@@ -34,7 +34,7 @@ export function addAgentCommands(program: Command): void {
     .addOption(new Option('--output <format>', 'human table or CRI-style JSON').choices(STATUS_FORMATS).default('human'))
     .action(async (vm: string | undefined, o: { output: StatusFormat }) => {
       const body = await askAgent(vm === undefined ? { op: 'status' } : { op: 'status', vm })
-      process.stdout.write(o.output === 'json' ? body : formatStatus(entriesFromCri(body), 'human'))
+      process.stdout.write(o.output === 'json' ? body : formatStatus(entriesFromJson(body), 'human'))
     })
 
   program.command('metrics')
