@@ -153,8 +153,8 @@ static size_t build_request(const struct qk_agent_request *rq, char *buf)
 
 /* ---- the reply -------------------------------------------------------------------------------- */
 
-/* Strict decimal 0..max, no sign, no leading zeros. */
-static int dec(const char *s, long max, long *out)
+/* Strict decimal 0..max, no sign, no leading zeros (agent-client.h; the front's fd list too). */
+int qk_dec(const char *s, long max, long *out)
 {
 	long v = 0;
 	if (*s == '\0' || (s[0] == '0' && s[1] != '\0'))
@@ -216,7 +216,7 @@ static int parse_reply(char **recs, size_t n, const int *fds, size_t nfds, const
 		return -1;
 	if (strcmp(v, "refused") == 0) {
 		/* exit=0 would tell libvirt a refused launch succeeded. */
-		if ((v = val(recs[i++], "exit")) == NULL || dec(v, 255, &num) != 0 || num == 0)
+		if ((v = val(recs[i++], "exit")) == NULL || qk_dec(v, 255, &num) != 0 || num == 0)
 			return -1;
 		if ((v = val(recs[i++], "decision")) == NULL || one_line_object(v) != 0)
 			return -1;
@@ -234,7 +234,7 @@ static int parse_reply(char **recs, size_t n, const int *fds, size_t nfds, const
 		return -1;
 	r->decision = v;
 	if (authorised) {
-		if ((v = val(recs[i++], "cgroups")) == NULL || dec(v, QK_AGENT_MAX_CGROUPS, &num) != 0)
+		if ((v = val(recs[i++], "cgroups")) == NULL || qk_dec(v, QK_AGENT_MAX_CGROUPS, &num) != 0)
 			return -1;
 		if (nfds != 1 + (size_t)num)
 			return -1;

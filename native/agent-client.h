@@ -59,4 +59,7 @@ void qk_agent_ask(int dirfd, const char *name, const struct qk_agent_request *rq
 /* Defined by front.c: one JSON line on stderr, then exit(status). */
 _Noreturn void qk_front_die(int status, const char *code, const char *msg, const char *hint);
 
+/* Strict decimal 0..max: no sign, no leading zeros, no other byte. 0 on success. */
+int qk_dec(const char *s, long max, long *out);
+
 #endif

@@ -105,19 +105,12 @@ static int cmp_int(const void *a, const void *b)
 	return (x > y) - (x < y);
 }
 
-/* Strict decimal, no sign, no leading zeros, fits an int. */
+/* Strict decimal, no sign, no leading zeros, fits an int (qk_dec, agent-client.c). */
 static int parse_fd(const char *s, int *out)
 {
-	long v = 0;
-	if (*s == '\0' || (s[0] == '0' && s[1] != '\0'))
+	long v;
+	if (qk_dec(s, INT_MAX, &v) != 0)
 		return -1;
-	for (; *s; s++) {
-		if (*s < '0' || *s > '9')
-			return -1;
-		v = v * 10 + (*s - '0');
-		if (v > INT_MAX)
-			return -1;
-	}
 	*out = (int)v;
 	return 0;
 }
