@@ -4,20 +4,13 @@ import t from 'tap'
 import { who } from '../../src/emulator/agent.ts'
 import type { SocketOps } from '../../src/emulator/agent-socket.ts'
 import { fakeProc } from '../helpers/fakeproc.ts'
+import { refusal } from '../helpers/refusal.ts'
 
 const net = (cred: { pid: number; uid: number; gid: number }, pidfd = 90): SocketOps => ({
   peerCred: () => cred,
   peerPidfd: () => pidfd,
   sendWithFds: () => -1,
 })
-const refusal = (fn: () => unknown) => {
-  try {
-    fn()
-  } catch (e) {
-    return { code: (e as { code: string }).code, message: (e as Error).message }
-  }
-  return undefined
-}
 
 t.test('a root peer is named by its pid and start time, with its pidfd', async (t) => {
   const proc = fakeProc(t, [{ pid: 700, argv: ['qemu-kube'], startTime: '4242' }])

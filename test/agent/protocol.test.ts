@@ -3,6 +3,7 @@
 import t from 'tap'
 import { decodeReply, encodeReply, encodeRequest, RequestParser, type AgentRequest } from '../../src/emulator/agent-protocol.ts'
 import { AGENT_MAX_REQUEST } from '../../src/emulator/paths.ts'
+import { refusal } from '../helpers/refusal.ts'
 
 const LAUNCH: AgentRequest = {
   op: 'launch',
@@ -17,14 +18,6 @@ const parse = (buf: Buffer) => {
   const p = new RequestParser()
   const r = p.push(buf)
   return r ?? p.finish()
-}
-const refusal = (fn: () => unknown) => {
-  try {
-    fn()
-  } catch (e) {
-    return { code: (e as { code: string }).code, message: (e as Error).message }
-  }
-  return undefined
 }
 const malformed = (what: string) => ({ code: 'ERR_AGENT_REQUEST_MALFORMED', message: `the request is not qk-agent-1 framing: ${what}` })
 

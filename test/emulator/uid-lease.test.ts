@@ -2,6 +2,7 @@ import t from 'tap'
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { acquireUidLease, checkUidFree, type LeaseOps } from '../../src/emulator/uid-lease.ts'
 import { tempDir } from '../helpers/tokens.ts'
+import { refusal } from '../helpers/refusal.ts'
 
 function world(t: Parameters<typeof tempDir>[0], alive: Record<number, string> = {}) {
   const state = `${tempDir(t)}/state`
@@ -18,14 +19,6 @@ const me = { pid: 500, startTime: '900' }
 const pod = { pid: 40, startTime: '77' }
 const vm = (uuid: string) => ({ uuid, name: `${uuid}-name` })
 
-const refusal = (fn: () => unknown) => {
-  try {
-    fn()
-  } catch (e) {
-    return { code: (e as { code: string }).code, message: (e as Error).message }
-  }
-  return undefined
-}
 
 t.test('the first launch for a uid takes its lease; the record names VM, pid and start time', async (t) => {
   const w = world(t)
