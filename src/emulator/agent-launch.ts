@@ -23,6 +23,8 @@ import { authorise, type Trail } from './verify.ts'
 export interface AgentState {
   config: Config
   keys: readonly PublicKey[]
+  /** The agent's own cgroup.procs, the cgroup-lock warm-up's target (cgroup.ts), found once per config. */
+  ownCgroupProcs?: string | undefined
   /** The launcher pids now (proc-index.ts); a full scan when absent or undefined. */
   candidates?: () => Iterable<number> | undefined
 }

@@ -14,7 +14,7 @@ import { basename, dirname } from 'node:path'
 import { closeQuietly, answerLaunch, refusal, type AgentState, type Answer } from './agent-launch.ts'
 import { encodeReply, RequestParser, type AgentRequest } from './agent-protocol.ts'
 import { socketOps, type SocketOps } from './agent-socket.ts'
-import { warmCgroupLock } from './cgroup.ts'
+import { ownCgroupProcs, warmCgroupLock } from './cgroup.ts'
 import { loadConfig } from './config.ts'
 import { asQkError, errnoOf, QkError } from './errors.ts'
 import { loadKeys } from './keys.ts'
@@ -146,7 +146,7 @@ export async function runAgent(o: AgentOptions = {}): Promise<number> {
 
 function load(configPath: string): AgentState {
   const config = loadConfig(configPath)
-  return { config, keys: loadKeys(config.token_public_keys) }
+  return { config, keys: loadKeys(config.token_public_keys), ownCgroupProcs: ownCgroupProcs(config.proc_root, config.cgroup_root) }
 }
 
 /** The socket's directory: root's, 0700, not a symlink. */
@@ -313,7 +313,7 @@ function handle(sock: Socket, current: () => AgentState, log: Logger, net: Socke
     // warmCgroupLock (cgroup.ts) says why a harmless move of the agent into its own cgroup
     // spares those writes the RCU grace period a first writer waits for. The reply waits for
     // it, so its fd is closed and its move is over before the front's begin.
-    const warm = req.op === 'launch' ? warmCgroupLock(state.config.proc_root, state.config.cgroup_root) : Promise.resolve()
+    const warm = req.op === 'launch' ? warmCgroupLock(state.ownCgroupProcs) : Promise.resolve()
     const work: Promise<Answer> = req.op === 'launch'
       ? answerLaunch(req, peer!.front, state, sys())
       : bodyOf(req, state, o)

@@ -114,12 +114,20 @@ function bad(msg: string): QkError {
  * warm-up write would move us back out of the pod's cgroup. Failures are ignored; the joins
  * then just pay the wait themselves.
  */
-export function warmCgroupLock(procRoot: string, cgroupRoot: string): Promise<void> {
+export function warmCgroupLock(ownProcs: string | undefined): Promise<void> {
+  if (ownProcs === undefined) return Promise.resolve()
+  return writeFile(ownProcs, `${process.pid}\n`).catch(() => undefined)
+}
+
+/**
+ * The warm-up's target: our own cgroup.procs in the first hierarchy a launch joins; undefined
+ * when it cannot be found (the joins then pay the wait). The agent finds it once per config.
+ */
+export function ownCgroupProcs(procRoot: string, cgroupRoot: string): string | undefined {
   try {
     const own = planJoins(readFileSync(`${procRoot}/self/cgroup`, 'utf8'), readFileSync(`${procRoot}/self/mountinfo`, 'utf8'), cgroupRoot)[0]
-    if (own === undefined) return Promise.resolve()
-    return writeFile(`${own.dir}/cgroup.procs`, `${process.pid}\n`).catch(() => undefined)
+    return own === undefined ? undefined : `${own.dir}/cgroup.procs`
   } catch {
-    return Promise.resolve()
+    return undefined
   }
 }

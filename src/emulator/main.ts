@@ -12,7 +12,7 @@ import { classify } from './invocation.ts'
 import { loadConfig } from './config.ts'
 import { authorisedRecord, probeRecord, refusedRecord } from './decision.ts'
 import { asQkError, QkError } from './errors.ts'
-import { warmCgroupLock } from './cgroup.ts'
+import { ownCgroupProcs, warmCgroupLock } from './cgroup.ts'
 import { handOff, joinCgroups, launchPlan, probePlan } from './handoff.ts'
 import { makeLogger, type Logger } from './log.ts'
 import { AGENT_SOCKET, CONFIG_PATH } from './paths.ts'
@@ -64,7 +64,7 @@ async function emulate(args: readonly string[]): Promise<number> {
         `${why}, so standalone cannot serve this launch; the agent at ${AGENT_SOCKET} did not (AGENT=${agent})`,
         { socket: AGENT_SOCKET, agent })
     }
-    const lockWarm = warmCgroupLock(config.proc_root, config.cgroup_root)
+    const lockWarm = warmCgroupLock(ownCgroupProcs(config.proc_root, config.cgroup_root))
     const a = await authorise(inv, { config, caller: front.caller, now: () => new Date(), ops: sys(), consume: true }, trail)
     await lockWarm
     joinCgroups(a)

@@ -1,6 +1,6 @@
 import t from 'tap'
 import { readFileSync } from 'node:fs'
-import { planJoins, warmCgroupLock } from '../../src/emulator/cgroup.ts'
+import { ownCgroupProcs, planJoins, warmCgroupLock } from '../../src/emulator/cgroup.ts'
 import { MOUNTINFO } from '../helpers/fakeproc.ts'
 
 t.test('each v1 hierarchy and the v2 one map to a directory under the cgroup root', async (t) => {
@@ -34,8 +34,8 @@ t.test('this machine\'s own hierarchies all map', async (t) => {
 })
 
 t.test('warming the cgroup lock never fails a launch and leaves us where we were', async (t) => {
-  await t.resolves(warmCgroupLock('/nonexistent-proc', '/sys/fs/cgroup'), 'nothing to read: resolves')
+  await t.resolves(warmCgroupLock(ownCgroupProcs('/nonexistent-proc', '/sys/fs/cgroup')), 'nothing to read: resolves')
   const before = readFileSync('/proc/self/cgroup', 'utf8')
-  await t.resolves(warmCgroupLock('/proc', '/sys/fs/cgroup'))
+  await t.resolves(warmCgroupLock(ownCgroupProcs('/proc', '/sys/fs/cgroup')))
   t.equal(readFileSync('/proc/self/cgroup', 'utf8'), before, 'a move to where we already are')
 })
