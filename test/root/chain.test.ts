@@ -4,7 +4,7 @@
 // became; every refusal must leave it unrun.
 import t from 'tap'
 import { spawn } from 'node:child_process'
-import { existsSync, openSync, closeSync, readdirSync, readlinkSync, readFileSync, writeFileSync } from 'node:fs'
+import { existsSync, openSync, closeSync, readlinkSync, readFileSync, writeFileSync } from 'node:fs'
 import { FIXTURES, installTemp } from '../helpers/install.ts'
 import { gidOf, uidOf } from '../helpers/ids.ts'
 import { makePod, requireRoot } from '../helpers/pod.ts'
@@ -98,18 +98,6 @@ function runFront(args: string[], env: Record<string, string>, as = USER): Promi
   }))
 }
 
-/** Fds above 2 this test process itself would pass to any child (no O_CLOEXEC): the sandbox's. */
-function inheritedFds(): number[] {
-  return readdirSync('/proc/self/fd').map(Number).filter((fd) => {
-    if (fd <= 2 || fd === 5 || fd === 28) return false
-    try {
-      const flags = /flags:\s+(\d+)/.exec(readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'))?.[1]
-      return flags !== undefined && (parseInt(flags, 8) & 0o2000000) === 0
-    } catch {
-      return false
-    }
-  })
-}
 
 const vmEnv = async (vm: { uuid: string; name: string }, tok?: string) =>
   ({ KUBEVIRT_VM_UUID: vm.uuid, KUBEVIRT_VM_NAME: vm.name, KUBEVIRT_SECRET: tok ?? await token(vm) })
@@ -139,6 +127,7 @@ function refusedWith(t: Test, r: Run, code: string, tok?: string) {
   if (tok) for (const part of tok.split('.')) t.notOk(r.stderr.includes(part), 'no part of the token in the output')
 }
 import type { Test } from 'tap'
+import { inheritedFds } from '../helpers/fds.ts'
 
 t.test('an authorised launch becomes QEMU in the pod, in place, unprivileged', async (t) => {
   const vm = { uuid: `chain-${process.pid}-ok`, name: 'chainvm' }

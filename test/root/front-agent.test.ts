@@ -7,11 +7,12 @@
 // in fresh namespaces and cgroups, its pidfd and cgroup.procs fds, the reporter as QEMU.
 import t, { type Test } from 'tap'
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process'
-import { chmodSync, closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs'
+import { chmodSync, closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs'
 import { createInterface } from 'node:readline'
 import { FIXTURES, REPO, installTemp } from '../helpers/install.ts'
 import { gidOf, uidOf } from '../helpers/ids.ts'
 import { makePod, requireRoot } from '../helpers/pod.ts'
+import { inheritedFds } from '../helpers/fds.ts'
 
 if (!requireRoot(t)) process.exit(0)
 
@@ -43,18 +44,6 @@ const SOCKET = `${AGENT_DIR}/agent.sock`
 
 interface Run { pid: number; code: number | null; stdout: string; stderr: string; report?: Record<string, any> }
 
-/** Fds above 2 this test process itself would pass to any child (no O_CLOEXEC): the sandbox's. */
-function inheritedFds(): number[] {
-  return readdirSync('/proc/self/fd').map(Number).filter((fd) => {
-    if (fd <= 2 || fd === 5 || fd === 28) return false
-    try {
-      const flags = /flags:\s+(\d+)/.exec(readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'))?.[1]
-      return flags !== undefined && (parseInt(flags, 8) & 0o2000000) === 0
-    } catch {
-      return false
-    }
-  })
-}
 const callerFds = () => [0, 1, 2, 5, 28, ...inheritedFds()].sort((a, b) => a - b)
 
 const VM_ENV = { KUBEVIRT_VM_UUID: 'fa-uuid', KUBEVIRT_VM_NAME: 'favm', KUBEVIRT_SECRET: 'not.a-real.token' }
