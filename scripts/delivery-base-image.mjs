@@ -19,6 +19,7 @@ import { createHash } from 'node:crypto'
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs'
 import { basename } from 'node:path'
 import { parseArgs } from 'node:util'
+import { removeOtherTags } from './image-tags.mjs'
 
 export const BASE_IMAGE_NAME = 'localhost/qemu-kube-build-base'
 const SUITE = 'bookworm'
@@ -80,15 +81,7 @@ export function ensureBaseImage({ podman, mirror, workDir }) {
   } finally {
     rmSync(tmp, { recursive: true, force: true })
   }
-  for (const old of run(['images', '--format', '{{.Repository}}:{{.Tag}}', BASE_IMAGE_NAME]).split('\n').filter(Boolean)) {
-    if (old !== image) {
-      try {
-        run(['rmi', old], { stdio: 'ignore' })
-      } catch {
-        // in use
-      }
-    }
-  }
+  removeOtherTags(run, BASE_IMAGE_NAME, image)
   return result(true)
 }
 

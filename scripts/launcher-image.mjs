@@ -29,6 +29,7 @@ import {
 } from 'node:fs'
 import { basename, dirname, resolve } from 'node:path'
 import { parseArgs } from 'node:util'
+import { removeOtherTags } from './image-tags.mjs'
 
 export const IMAGE_NAME = 'localhost/qemu-kube-launcher'
 const QEMU = '/usr/bin/qemu-system-x86_64'
@@ -161,16 +162,7 @@ export function ensureImage({ repo, podman, shim, workDir }) {
   } finally {
     rmSync(tmp, { recursive: true, force: true })
   }
-  // Older trees' images: removed unless a container still uses one (then left for next time).
-  for (const old of run(['images', '--format', '{{.Repository}}:{{.Tag}}', IMAGE_NAME]).split('\n').filter(Boolean)) {
-    if (old !== image) {
-      try {
-        run(['rmi', old], { stdio: 'ignore' })
-      } catch {
-        // in use
-      }
-    }
-  }
+  removeOtherTags(run, IMAGE_NAME, image)
   return { image, built: true, seconds: seconds(), bytes: bytes() }
 }
 

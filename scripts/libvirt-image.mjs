@@ -16,6 +16,7 @@ import { createHash } from 'node:crypto'
 import { chmodSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, readlinkSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
 import { basename, dirname } from 'node:path'
 import { parseArgs } from 'node:util'
+import { removeOtherTags } from './image-tags.mjs'
 
 export const IMAGE_NAME = 'localhost/qemu-kube-libvirtd'
 export const PACKAGES = ['libvirt-daemon', 'libvirt-daemon-driver-qemu', 'libvirt-clients', 'qemu-system-x86', 'bash', 'coreutils', 'libstdc++6']
@@ -121,15 +122,7 @@ export function ensureImage({ podman, workDir }) {
   } finally {
     rmSync(tmp, { recursive: true, force: true })
   }
-  for (const old of run(['images', '--format', '{{.Repository}}:{{.Tag}}', IMAGE_NAME]).split('\n').filter(Boolean)) {
-    if (old !== image) {
-      try {
-        run(['rmi', old], { stdio: 'ignore' })
-      } catch {
-        // in use
-      }
-    }
-  }
+  removeOtherTags(run, IMAGE_NAME, image)
   return { image, built: true, seconds: seconds(), bytes: bytes(), packages: pkgs.length }
 }
 
