@@ -4,7 +4,7 @@
 // by the installed setuid front; a real podman pod for the launch.
 import t, { type Test } from 'tap'
 import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process'
-import { chmodSync, closeSync, lstatSync, readlinkSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs'
+import { chmodSync, lstatSync, readlinkSync, mkdirSync, readdirSync, readFileSync, renameSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs'
 import { createHash } from 'node:crypto'
 import { SignJWT } from 'jose'
 import { FIXTURES, REPO, installTemp, toml } from '../helpers/install.ts'
@@ -13,6 +13,7 @@ import { requireRoot } from '../helpers/pod.ts'
 import { makePodmanPod, podmanUnavailable } from '../helpers/podman.ts'
 import { AUD, ISS, rsaKey, tempDir, writeKey } from '../helpers/tokens.ts'
 import { encodeRequest, type AgentRequest } from '../../src/emulator/agent-protocol.ts'
+import { libvirtStdio } from '../helpers/fds.ts'
 
 if (!requireRoot(t, 'the agent is root, its socket root-only')) process.exit(0)
 
@@ -388,16 +389,10 @@ interface Run { pid: number; code: number | null; stdout: string; stderr: string
  * shell stops itself first and execs the front in place once `held(pid)` has run.
  */
 async function runFront(args: string[], env: Record<string, string>, held?: (pid: number) => void): Promise<Run> {
-  const fd5 = openSync('/dev/null', 'r')
-  const fd28 = openSync('/dev/null', 'r')
-  const stdio: any[] = ['ignore', 'pipe', 'pipe']
-  stdio[5] = fd5
-  stdio[28] = fd28
-  for (let i = 3; i < 28; i++) stdio[i] ??= 'ignore'
+  const { stdio, close } = libvirtStdio()
   const [exe, argv] = held === undefined ? [inst.front, args] : ['/bin/sh', ['-c', 'kill -STOP $$; exec "$0" "$@"', inst.front, ...args]]
   const child = spawn(exe, argv, { uid: UID, gid: GID, stdio, env: { PATH: '/usr/bin:/bin', ...env } })
-  closeSync(fd5)
-  closeSync(fd28)
+  close()
   if (held !== undefined) {
     for (let i = 0; i < 200 && !/^\S+ \(.*\) T /.test(readFileSync(`/proc/${child.pid}/stat`, 'latin1')); i++) await new Promise((r) => setTimeout(r, 10))
     held(child.pid!)

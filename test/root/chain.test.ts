@@ -4,7 +4,7 @@
 // became; every refusal must leave it unrun.
 import t from 'tap'
 import { spawn } from 'node:child_process'
-import { existsSync, openSync, closeSync, readlinkSync, readFileSync, writeFileSync } from 'node:fs'
+import { existsSync, readlinkSync, readFileSync, writeFileSync } from 'node:fs'
 import { FIXTURES, installTemp } from '../helpers/install.ts'
 import { gidOf, uidOf } from '../helpers/ids.ts'
 import { makePod, requireRoot } from '../helpers/pod.ts'
@@ -59,12 +59,7 @@ interface Run {
  */
 function runFront(args: string[], env: Record<string, string>, as = USER): Promise<Run> {
   const cov = tempDir(t, 'qk-cov-')
-  const fd5 = openSync('/dev/null', 'r')
-  const fd28 = openSync('/dev/null', 'r')
-  const stdio: any[] = ['ignore', 'pipe', 'pipe']
-  stdio[5] = fd5
-  stdio[28] = fd28
-  for (let i = 3; i < 28; i++) stdio[i] ??= 'ignore'
+  const { stdio, close } = libvirtStdio()
   const child = spawn(inst.front, args, {
     uid: uidOf(as),
     gid: gidOf(GROUP),
@@ -80,8 +75,7 @@ function runFront(args: string[], env: Record<string, string>, as = USER): Promi
       ...env,
     },
   })
-  closeSync(fd5)
-  closeSync(fd28)
+  close()
   let stdout = ''
   let stderr = ''
   child.stdout!.on('data', (d) => (stdout += d))
@@ -127,7 +121,7 @@ function refusedWith(t: Test, r: Run, code: string, tok?: string) {
   if (tok) for (const part of tok.split('.')) t.notOk(r.stderr.includes(part), 'no part of the token in the output')
 }
 import type { Test } from 'tap'
-import { inheritedFds } from '../helpers/fds.ts'
+import { inheritedFds, libvirtStdio } from '../helpers/fds.ts'
 
 t.test('an authorised launch becomes QEMU in the pod, in place, unprivileged', async (t) => {
   const vm = { uuid: `chain-${process.pid}-ok`, name: 'chainvm' }

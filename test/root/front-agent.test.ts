@@ -7,12 +7,12 @@
 // in fresh namespaces and cgroups, its pidfd and cgroup.procs fds, the reporter as QEMU.
 import t, { type Test } from 'tap'
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process'
-import { chmodSync, closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs'
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs'
 import { createInterface } from 'node:readline'
 import { FIXTURES, REPO, installTemp } from '../helpers/install.ts'
 import { gidOf, uidOf } from '../helpers/ids.ts'
 import { makePod, requireRoot } from '../helpers/pod.ts'
-import { inheritedFds } from '../helpers/fds.ts'
+import { inheritedFds, libvirtStdio } from '../helpers/fds.ts'
 
 if (!requireRoot(t)) process.exit(0)
 
@@ -50,20 +50,14 @@ const VM_ENV = { KUBEVIRT_VM_UUID: 'fa-uuid', KUBEVIRT_VM_NAME: 'favm', KUBEVIRT
 const QEMU_ARGS = ['-name', 'guest=fa,debug-threads=on', '-S', '-chardev', 'socket,id=charmonitor,fd=28,server=on,wait=off']
 
 function runFront(args: string[], env: Record<string, string> = VM_ENV): Promise<Run> {
-  const fd5 = openSync('/dev/null', 'r')
-  const fd28 = openSync('/dev/null', 'r')
-  const stdio: any[] = ['ignore', 'pipe', 'pipe']
-  stdio[5] = fd5
-  stdio[28] = fd28
-  for (let i = 3; i < 28; i++) stdio[i] ??= 'ignore'
+  const { stdio, close } = libvirtStdio()
   const child = spawn(FRONT, args, {
     uid: UID,
     gid: GID,
     stdio,
     env: { PATH: '/usr/bin:/bin', LD_PRELOAD: '/nonexistent/poison.so', KUBEVIRT_OTHER: 'dropped', NODE_DEBUG: 'fs', ...env },
   })
-  closeSync(fd5)
-  closeSync(fd28)
+  close()
   let stdout = ''
   let stderr = ''
   child.stdout!.on('data', (d) => (stdout += d))
