@@ -16,7 +16,7 @@ import { randomUUID } from 'node:crypto'
 import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
 import { exportSPKI, generateKeyPair, SignJWT } from 'jose'
 import { helper } from './pod.mjs'
-import { ROOT } from './lib.mjs'
+import { forgetTokens, ROOT } from './lib.mjs'
 
 const N = Number(process.argv[2] ?? 300)
 const VM_UID = 20001
@@ -44,14 +44,18 @@ mkdirSync(errDir, { mode: 0o700 })
 chownSync(errDir, VM_UID, VM_UID)
 const profDir = `${base}/prof`
 mkdirSync(profDir)
-const agent = spawn(NODE, [...(process.env.QK_PROF_NODE_FLAGS ?? '').split(' ').filter(Boolean), ...(process.env.QK_PROF_OFF ? [] : ['--cpu-prof', `--cpu-prof-dir=${profDir}`]), `${base}/prefix/lib/qemu-kube/qemu-kube.cjs`, 'agent'],
+// With QK_PROF_OFF and no QK_PROF_NODE_FLAGS, the agent is what operators run: the installed
+// front's `agent` (its Node flags and memory caps, front.c agent_memory); else Node directly.
+const direct = !process.env.QK_PROF_OFF || process.env.QK_PROF_NODE_FLAGS
+const agent = spawn(direct ? NODE : `${base}/prefix/bin/qemu-kube`, direct ? [...(process.env.QK_PROF_NODE_FLAGS ?? '').split(' ').filter(Boolean),
+  ...(process.env.QK_PROF_OFF ? [] : ['--cpu-prof', `--cpu-prof-dir=${profDir}`]), `${base}/prefix/lib/qemu-kube/qemu-kube.cjs`, 'agent'] : ['agent'],
   { stdio: ['ignore', process.env.QK_PROF_AGENT_OUT ? openSync(process.env.QK_PROF_AGENT_OUT, 'w') : 'ignore', 'inherit'] })
 try {
   while (!existsSync(`${base}/etc/qemu-kube-agent/agent.sock`)) await new Promise((r) => setTimeout(r, 50))
   const ms = []
   const agentMs = []
   for (let i = 0; i < N; i++) {
-    for (const f of readdirSync(state)) rmSync(`${state}/${f}`, { recursive: true, force: true })
+    forgetTokens(state)
     const env = [`KUBEVIRT_VM_UUID=${vm.uuid}`, `KUBEVIRT_VM_NAME=${vm.name}`, `KUBEVIRT_SECRET=${token}`].flatMap((e) => ['-e', e])
     const errFile = `${errDir}/launch.err`
     const out = execFileSync(timer, [...env, '-o', errFile, '-u', String(VM_UID), '--', `${base}/prefix/bin/qemu-kube`, '-name', `guest=${vm.name}`], { encoding: 'utf8' }).trim().split(' ').map(Number)
@@ -60,6 +64,7 @@ try {
     ms.push(out[1] / 1e6)
     if ((i + 1) % 500 === 0 || i === 9) {
       const st = readFileSync(`/proc/${agent.pid}/status`, 'utf8')
+      if (process.env.QK_PROF_SMAPS) console.log(smapsSummary(agent.pid))
       console.log(`after ${i + 1}: VmRSS ${/VmRSS:\s+(\d+)/.exec(st)[1]} kB, RssAnon ${/RssAnon:\s+(\d+)/.exec(st)[1]} kB, fds ${readdirSync(`/proc/${agent.pid}/fd`).length}`)
     }
   }
@@ -69,14 +74,27 @@ try {
     + `the agent's own durationMs p50 ${agentMs[Math.floor(N / 2)].toFixed(2)}, p90 ${agentMs[Math.floor(N * 0.9)].toFixed(2)}`)
   if (process.env.QK_PROF_STRACE) {
     // One more launch under strace (the front's side: where its milliseconds wait).
-    for (const f of readdirSync(state)) rmSync(`${state}/${f}`, { recursive: true, force: true })
+    forgetTokens(state)
     const env = [`KUBEVIRT_VM_UUID=${vm.uuid}`, `KUBEVIRT_VM_NAME=${vm.name}`, `KUBEVIRT_SECRET=${token}`].flatMap((e) => ['-e', e])
-    spawnSync('strace', ['-f', '-r', '-o', process.env.QK_PROF_STRACE, timer, ...env, '-u', String(VM_UID), '--', `${base}/prefix/bin/qemu-kube`, '-name', `guest=${vm.name}`])
+    const tracer = process.env.QK_PROF_PERF ? spawn('perf', ['trace', '-a', '-e', process.env.QK_PROF_PERF_EVENTS ?? 'connect,recvmsg,sendmsg,setns,unshare,poll,execve,execveat,accept4,clone', '-o', process.env.QK_PROF_PERF], { stdio: 'ignore' }) : process.env.QK_PROF_STRACE_ARGS ? { kill() {}, on(_e, r) { r() } } : spawn('strace', ['-f', '-tt', '-T', '-o', `${process.env.QK_PROF_STRACE}.agent`, '-p', String(agent.pid)], { stdio: 'ignore' })
+    await new Promise((r) => setTimeout(r, 1000))
+    if (process.env.QK_PROF_PERF) spawnSync(timer, [...env, '-u', String(VM_UID), '--', `${base}/prefix/bin/qemu-kube`, '-name', `guest=${vm.name}`])
+    else spawnSync(process.env.QK_PROF_TRACER ?? 'strace', [...(process.env.QK_PROF_STRACE_ARGS ?? '-f -r').split(' '), '-o', process.env.QK_PROF_STRACE, timer, ...env, '-u', String(VM_UID), '--', `${base}/prefix/bin/qemu-kube`, '-name', `guest=${vm.name}`])
+    await new Promise((r) => setTimeout(r, 300))
+    tracer.kill('SIGINT')
+    await new Promise((r) => tracer.on('exit', r))
   }
 } finally {
   agent.kill('SIGTERM')
   await new Promise((r) => agent.on('exit', r))
   await pod.destroy()
+}
+if (process.env.QK_PROF_AGENT_OUT) {
+  const d = readFileSync(process.env.QK_PROF_AGENT_OUT, 'utf8').split('\n').filter((l) => l.includes('"workMs"')).map((l) => JSON.parse(l))
+  const med = (k) => { const v = d.map((x) => x[k]).filter((x) => typeof x === 'number').sort((a, b) => a - b); return v.length ? v[Math.floor(v.length / 2)].toFixed(2) : '-' }
+  console.log(`agent log: ${d.length} lines; p50 workMs ${med('workMs')}, warmMs ${med('warmMs')}, durationMs ${med('durationMs')}`)
+  const keys = Object.keys(d.at(-1)?.marks ?? {})
+  for (const k of keys) { const v = d.map((x) => x.marks?.[k]).filter((x) => typeof x === 'number').sort((a, b) => a - b); console.log(`  mark ${k}: p50 ${v[Math.floor(v.length / 2)]?.toFixed(3)} ms`) }
 }
 if (process.env.QK_PROF_OFF) process.exit(0)
 const file = readdirSync(profDir).find((f) => f.endsWith('.cpuprofile'))
@@ -91,3 +109,16 @@ for (const n of prof.nodes) {
 const total = [...self.values()].reduce((a, b) => a + b, 0)
 console.log(`profile: ${profDir}/${file}; per launch ${(total / N / 1000).toFixed(2)} ms sampled (idle included)`)
 for (const [k, v] of [...self.entries()].sort((a, b) => b[1] - a[1]).slice(0, 25)) console.log(`${(v / N / 1000).toFixed(3)} ms/launch  ${k}`)
+
+/** The agent's resident memory by mapping kind (heap, anon, file), largest first. */
+function smapsSummary(pid) {
+  const by = new Map()
+  let name = ''
+  for (const line of readFileSync(`/proc/${pid}/smaps`, 'utf8').split('\n')) {
+    const m = /^[0-9a-f]+-[0-9a-f]+ \S+ \S+ \S+ \S+\s*(.*)$/.exec(line)
+    if (m) { name = m[1] || '[anon]'; continue }
+    const r = /^Rss:\s+(\d+)/.exec(line)
+    if (r) by.set(name, (by.get(name) ?? 0) + Number(r[1]))
+  }
+  return [...by.entries()].sort((a, b) => b[1] - a[1]).slice(0, 8).map(([k, v]) => `  ${v} kB ${k}`).join('\n')
+}

@@ -2,7 +2,7 @@
 // C baselines built with gcc, and the statistics every table uses.
 import { build } from 'esbuild'
 import { execFileSync } from 'node:child_process'
-import { mkdirSync, mkdtempSync, rmSync } from 'node:fs'
+import { mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs'
 import { resolve } from 'node:path'
 import { pathToFileURL } from 'node:url'
 
@@ -79,4 +79,13 @@ export async function bundleHelpers(name, contents) {
     logLevel: 'warning',
   })
   return import(pathToFileURL(outfile).href)
+}
+
+/**
+ * Between timed launches of one token: drops the replay records (single-use jtis) and keeps
+ * uids/ (its directory, the per-uid locks and the last lease, of a QEMU that has exited), which
+ * is what a node's state dir holds when a VM starts again.
+ */
+export function forgetTokens(state) {
+  for (const f of readdirSync(state)) if (f !== 'uids') rmSync(`${state}/${f}`, { recursive: true, force: true })
 }

@@ -72,7 +72,7 @@ import { resolve } from 'node:path'
 import { pathToFileURL } from 'node:url'
 import { exportSPKI, generateKeyPair, SignJWT } from 'jose'
 import { cacheAccepted } from '../scripts/code-cache.mjs'
-import { bundle } from './lib.mjs'
+import { bundle, forgetTokens } from './lib.mjs'
 import { favorDynmods, favordynmodsState, joinLines, mountOpts, restoreMounts } from './startup-cgroup.mjs'
 import { helper, hierarchies, makeUnsharePod } from './pod.mjs'
 import { makeProcTree } from './proc-tree.mjs'
@@ -114,8 +114,9 @@ function cgroupDirsOf(pid) {
 
 /**
  * A qemu-kube install of its own with `qemu-kube agent` running for it: the config is the
- * bench's plus `extra`, its own state dir. forget() empties that state dir (single-use tokens,
- * uid leases) before each launch, outside the timing; rss() is the agent's VmRSS in KiB.
+ * bench's plus `extra`, its own state dir. forget() drops its replay records (the tokens are
+ * single-use; uids/ stays, as on a node whose VM starts again) before each launch, outside the
+ * timing; rss() is the agent's VmRSS in KiB.
  */
 async function startBenchAgent(base, name, group, conf, extra, cleanups) {
   const prefix = `${base}/${name}-prefix`
@@ -135,7 +136,7 @@ async function startBenchAgent(base, name, group, conf, extra, cleanups) {
     if (child.exitCode !== null || i > 300) throw new Error(`startup bench: qemu-kube agent (${name}) did not listen: ${err}`)
     await new Promise((r) => setTimeout(r, 50))
   }
-  const forget = () => { for (const f of readdirSync(state)) rmSync(`${state}/${f}`, { recursive: true, force: true }) }
+  const forget = () => forgetTokens(state)
   const rss = () => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${child.pid}/status`, 'utf8'))?.[1])
   return { name, front, pid: child.pid, forget, rss }
 }
@@ -251,7 +252,7 @@ async function setUp(base, cleanups) {
   const envOf = (vm, tok) => [`KUBEVIRT_VM_UUID=${vm.uuid}`, `KUBEVIRT_VM_NAME=${vm.name}`, `KUBEVIRT_SECRET=${tok}`]
   // Single-use tokens and per-uid leases: the state dir is emptied before each launch (outside
   // the timing), and the config for the row is put in place (only when it changes).
-  const forget = () => { for (const f of readdirSync(state)) rmSync(`${state}/${f}`, { recursive: true, force: true }) }
+  const forget = () => forgetTokens(state)
   const launch = (text) => () => { useConf(text); forget() }
   const argvOf = (vm, carried) => [front, '-name', `guest=${vm.name}`,
     ...(carried ? ['-object', `{"qom-type":"secret","id":"masterKey0","format":"raw","file":"${carry.dir}/master-key.aes"}`] : [])]

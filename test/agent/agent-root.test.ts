@@ -134,6 +134,15 @@ t.test('the socket: a root 0700 directory, a root 0600 socket; a second agent re
   t.equal(agent.lines().find((l) => l.msg === 'agent listening')?.procIndex, 'events', 'launchers come from the proc index (root, init pid namespace)')
 })
 
+t.test("the agent's Node: the front's memory caps, and no environment but PATH and the glibc tunable", async (t) => {
+  const pid = agent.child.pid!
+  const argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').slice(0, -1)
+  t.same(argv.slice(1), ['--no-warnings', '--max-semi-space-size=1', `${inst.prefix}/lib/qemu-kube/qemu-kube.cjs`, 'agent'],
+    'the front execed Node in its place (same pid) with the young generation capped')
+  const env = readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0').filter((e) => e !== '').sort()
+  t.same(env, ['GLIBC_TUNABLES=glibc.malloc.arena_max=2', 'PATH=/usr/sbin:/usr/bin:/sbin:/bin'], "two malloc arenas; nothing of the caller's environment")
+})
+
 t.test('a non-root client cannot connect', async (t) => {
   const r = await raw(encodeRequest(probe), 'send', UID)
   t.equal(r.error, 'EACCES')
