@@ -3,14 +3,20 @@
 //
 //   node bench/agent-profile.mjs [LAUNCHES]     (default 300) -> a .cpuprofile and a top-20 table
 //
-// One install with its agent run as `node --cpu-prof BUNDLE agent` (the code the front would
-// start, with a profiler), a real podman pod, and LAUNCHES launches by the VM uid through the
+// One install with its agent run as `node --cpu-prof BUNDLE agent` (the code the front
+// starts, with a profiler), a real podman pod, and LAUNCHES launches by the VM uid through the
 // installed front (the startup bench's timer and stand-in QEMU).
 //   QK_PROF_OFF=1              no profiler: the launch and the agent's durationMs p50/p90 only
 //   QK_PROF_NODE_FLAGS="..."   more Node flags for the agent (e.g. --trace-gc)
 //   QK_PROF_AGENT_OUT=FILE     the agent's stdout (its log, and --trace-gc's lines) to FILE
-//   QK_PROF_STRACE=FILE        one more launch of the front under strace -f -r
-// The agent's VmRSS, RssAnon and fd count are printed after 10 launches and every 500.
+//   QK_PROF_STRACE=FILE        one more launch, the front under strace -f -r (to FILE) and the
+//                              agent under strace -f -T (to FILE.agent)
+//   QK_PROF_PERF=FILE          one more launch under `perf trace -a` of a few syscalls
+//                              (QK_PROF_PERF_EVENTS=a,b,... to choose them)
+//   QK_PROF_SMAPS=1            with each RSS line, the agent's resident memory by mapping
+// The agent's VmRSS, RssAnon and fd count are printed after 10 launches and every 500. With
+// QK_PROF_OFF and no QK_PROF_NODE_FLAGS the agent is the installed front's `agent` (as operators
+// run it); otherwise Node runs the bundle directly, without the front's memory caps.
 import { execFileSync, spawn, spawnSync } from 'node:child_process'
 import { randomUUID } from 'node:crypto'
 import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
@@ -44,8 +50,6 @@ mkdirSync(errDir, { mode: 0o700 })
 chownSync(errDir, VM_UID, VM_UID)
 const profDir = `${base}/prof`
 mkdirSync(profDir)
-// With QK_PROF_OFF and no QK_PROF_NODE_FLAGS, the agent is what operators run: the installed
-// front's `agent` (its Node flags and memory caps, front.c agent_memory); else Node directly.
 const direct = !process.env.QK_PROF_OFF || process.env.QK_PROF_NODE_FLAGS
 const agent = spawn(direct ? NODE : `${base}/prefix/bin/qemu-kube`, direct ? [...(process.env.QK_PROF_NODE_FLAGS ?? '').split(' ').filter(Boolean),
   ...(process.env.QK_PROF_OFF ? [] : ['--cpu-prof', `--cpu-prof-dir=${profDir}`]), `${base}/prefix/lib/qemu-kube/qemu-kube.cjs`, 'agent'] : ['agent'],
@@ -72,14 +76,20 @@ try {
   agentMs.sort((a, b) => a - b)
   console.log(`${N} launches through the agent: p50 ${ms[Math.floor(N / 2)].toFixed(2)} ms, p90 ${ms[Math.floor(N * 0.9)].toFixed(2)} ms; `
     + `the agent's own durationMs p50 ${agentMs[Math.floor(N / 2)].toFixed(2)}, p90 ${agentMs[Math.floor(N * 0.9)].toFixed(2)}`)
-  if (process.env.QK_PROF_STRACE) {
-    // One more launch under strace (the front's side: where its milliseconds wait).
+  if (process.env.QK_PROF_STRACE || process.env.QK_PROF_PERF) {
+    // One more launch, traced after a 1 s pause (so its cgroup joins are cold): strace -f -r of
+    // the front and strace -f -T of the agent (every syscall stops: slow, but complete), or perf
+    // trace of the whole machine for a few syscalls (in-kernel filtering: timing nearly real).
     forgetTokens(state)
     const env = [`KUBEVIRT_VM_UUID=${vm.uuid}`, `KUBEVIRT_VM_NAME=${vm.name}`, `KUBEVIRT_SECRET=${token}`].flatMap((e) => ['-e', e])
-    const tracer = process.env.QK_PROF_PERF ? spawn('perf', ['trace', '-a', '-e', process.env.QK_PROF_PERF_EVENTS ?? 'connect,recvmsg,sendmsg,setns,unshare,poll,execve,execveat,accept4,clone', '-o', process.env.QK_PROF_PERF], { stdio: 'ignore' }) : process.env.QK_PROF_STRACE_ARGS ? { kill() {}, on(_e, r) { r() } } : spawn('strace', ['-f', '-tt', '-T', '-o', `${process.env.QK_PROF_STRACE}.agent`, '-p', String(agent.pid)], { stdio: 'ignore' })
+    const launchArgv = [...env, '-u', String(VM_UID), '--', `${base}/prefix/bin/qemu-kube`, '-name', `guest=${vm.name}`]
+    const perf = process.env.QK_PROF_PERF
+    const tracer = perf
+      ? spawn('perf', ['trace', '-a', '-e', process.env.QK_PROF_PERF_EVENTS ?? 'connect,recvmsg,sendmsg,sendto,setns,unshare,poll,execve,execveat,accept4,clone', '-o', perf], { stdio: 'ignore' })
+      : spawn('strace', ['-f', '-tt', '-T', '-o', `${process.env.QK_PROF_STRACE}.agent`, '-p', String(agent.pid)], { stdio: 'ignore' })
     await new Promise((r) => setTimeout(r, 1000))
-    if (process.env.QK_PROF_PERF) spawnSync(timer, [...env, '-u', String(VM_UID), '--', `${base}/prefix/bin/qemu-kube`, '-name', `guest=${vm.name}`])
-    else spawnSync(process.env.QK_PROF_TRACER ?? 'strace', [...(process.env.QK_PROF_STRACE_ARGS ?? '-f -r').split(' '), '-o', process.env.QK_PROF_STRACE, timer, ...env, '-u', String(VM_UID), '--', `${base}/prefix/bin/qemu-kube`, '-name', `guest=${vm.name}`])
+    if (perf) spawnSync(timer, launchArgv)
+    else spawnSync('strace', ['-f', '-r', '-o', process.env.QK_PROF_STRACE, timer, ...launchArgv])
     await new Promise((r) => setTimeout(r, 300))
     tracer.kill('SIGINT')
     await new Promise((r) => tracer.on('exit', r))
@@ -88,13 +98,8 @@ try {
   agent.kill('SIGTERM')
   await new Promise((r) => agent.on('exit', r))
   await pod.destroy()
-}
-if (process.env.QK_PROF_AGENT_OUT) {
-  const d = readFileSync(process.env.QK_PROF_AGENT_OUT, 'utf8').split('\n').filter((l) => l.includes('"workMs"')).map((l) => JSON.parse(l))
-  const med = (k) => { const v = d.map((x) => x[k]).filter((x) => typeof x === 'number').sort((a, b) => a - b); return v.length ? v[Math.floor(v.length / 2)].toFixed(2) : '-' }
-  console.log(`agent log: ${d.length} lines; p50 workMs ${med('workMs')}, warmMs ${med('warmMs')}, durationMs ${med('durationMs')}`)
-  const keys = Object.keys(d.at(-1)?.marks ?? {})
-  for (const k of keys) { const v = d.map((x) => x.marks?.[k]).filter((x) => typeof x === 'number').sort((a, b) => a - b); console.log(`  mark ${k}: p50 ${v[Math.floor(v.length / 2)]?.toFixed(3)} ms`) }
+  // The install and its state go; with a profile, the directory stays for its .cpuprofile.
+  if (process.env.QK_PROF_OFF) rmSync(base, { recursive: true, force: true })
 }
 if (process.env.QK_PROF_OFF) process.exit(0)
 const file = readdirSync(profDir).find((f) => f.endsWith('.cpuprofile'))
