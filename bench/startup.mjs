@@ -187,7 +187,11 @@ async function setUp(base, cleanups) {
   // libvirt's per-domain directory (chowned to the domain's uid), named on the podman rows' argv
   // as libvirt names its master key, so --mnt=own carries it as it would on a node.
   // Under libvirt's real root (the launcher image has it as an empty directory, as KubeVirt's).
+  // Where libvirt's package is installed without its state directories (seen on this machine's
+  // image), the bench makes the missing ones (root, 0755) and removes them again.
   const carry = { root: '/var/lib/libvirt/qemu', dir: `/var/lib/libvirt/qemu/domain-${process.pid}-qk-bench` }
+  const made = mkdirSync(carry.root, { recursive: true, mode: 0o755 })
+  if (made !== undefined) cleanups.push(() => rmSync(made, { recursive: true, force: true }))
   mkdirSync(carry.dir)
   cleanups.push(() => rmSync(carry.dir, { recursive: true, force: true }))
   chownSync(carry.dir, VM_UID, VM_UID)
