@@ -397,18 +397,20 @@ async function realProcessLines(s) {
 
 /**
  * Issue 9's targets, from the same rounds: the agent path at most the C floor with the cgroup
- * join plus 2 ms on a real pod, plus 10 ms at 10k processes; its RSS after 1000 launches at most
- * 1.2x its RSS after 10.
+ * join plus 2 ms on a real pod (plus 10 ms at 10k processes: realProcessLines); its RSS after
+ * 1000 launches at most 1.2x its RSS after 10.
  */
 function agentVerdict(rows, samples, rss10, rss1000) {
   const p50 = (pred) => percentile(samples[rows.findIndex(pred)].ms, 50)
   const floor = p50((r) => r.joinFloor)
   const setns = p50((r) => r.name.startsWith('C setns'))
+  // The 10k target is judged on real processes (realProcessLines): a synthetic /proc has no
+  // connector events, so the agent scans it like standalone, and that row is for continuity only.
   const parts = rows.flatMap((row, j) => {
     if (!row.agent) return []
-    const budget = row.procTree ? 10 : 2
     const got = percentile(samples[j].ms, 50)
-    return [`${row.launch}: ${got.toFixed(2)} ms <= ${floor.toFixed(2)} + ${budget} ms ${got <= floor + budget ? 'PASS' : 'FAIL'} (${(got - floor).toFixed(2)} ms above the floor with join)`]
+    if (row.procTree) return [`${row.launch}: ${got.toFixed(2)} ms (scanned, no target: the 10k target is the real-process table's)`]
+    return [`${row.launch}: ${got.toFixed(2)} ms <= ${floor.toFixed(2)} + 2 ms ${got <= floor + 2 ? 'PASS' : 'FAIL'} (${(got - floor).toFixed(2)} ms above the floor with join)`]
   })
   const leak = rss1000 / rss10
   return `**Agent verdict** (C setns+exec ${setns.toFixed(2)} ms; with the cgroup join ${floor.toFixed(2)} ms, so the join is ${(floor - setns).toFixed(2)} ms): ${parts.join('; ')}; ` +

@@ -45,13 +45,13 @@ const UID_FIRST = 29960
 const helpers = () => bundleHelpers('storm-helpers',
   "export { cleanupStale, makePodmanPod, podmanUnavailable } from './test/helpers/podman.ts'\nexport * from './test/helpers/libvirt.ts'\n")
 
-/** The durationMs of qemu-kube's decision lines in a domain log (it holds the token: read, then removed). */
+/** The durationMs and path of qemu-kube's decision lines in a domain log (it holds the token: read, then removed). */
 function decisions(log) {
   let text = ''
   try { text = readFileSync(log, 'utf8') } catch { return [] }
   return text.split('\n').flatMap((l) => {
     const i = l.indexOf('{"level"')
-    try { const o = i >= 0 && JSON.parse(l.slice(i)); return o?.msg === 'decision' ? [o.durationMs] : [] } catch { return [] }
+    try { const o = i >= 0 && JSON.parse(l.slice(i)); return o?.msg === 'decision' ? [{ ms: o.durationMs, path: o.path }] : [] } catch { return [] }
   })
 }
 
@@ -120,6 +120,8 @@ export async function run() {
 
     let seq = 0
     let decisionMs = { 'qemu-kube': [], agent: [] } // each path's own durationMs (its start to the decision) per start of a size
+    // Which path served each start of a kind, over the whole section: an agent start that fell back shows as standalone.
+    const paths = { 'qemu-kube': {}, agent: {} }
     /** One storm; returns seconds to all running. */
     async function storm(kind, n) {
       const tag = `qk-storm-${process.pid}-${seq++}`
@@ -177,7 +179,10 @@ export async function run() {
         await Promise.all(vms.filter((vm) => live.domains.has(vm.name)).map(async (vm) => {
           await h.destroyAndUndefine(vm.name)
           live.domains.delete(vm.name)
-          if (kind !== 'plain') decisionMs[kind].push(...decisions(`${LOG_DIR}/${vm.name}.log`))
+          for (const d of kind === 'plain' ? [] : decisions(`${LOG_DIR}/${vm.name}.log`)) {
+            decisionMs[kind].push(d.ms)
+            paths[kind][d.path] = (paths[kind][d.path] ?? 0) + 1
+          }
           rmSync(`${LOG_DIR}/${vm.name}.log`, { force: true })
         }))
         await Promise.all(pods.map(async (p) => {
@@ -214,6 +219,8 @@ export async function run() {
       + 'to the last one returning with its domain running. Each domain ran as its own uid (DAC seclabel). qemu-kube: every start verified an RS256 token '
       + '(qemu_uid = the domain\'s uid), found its podman pod\'s virt-launcher in /proc, took the uid lease, joined the pod\'s cgroups and namespaces, built QEMU\'s own '
       + 'mount namespace (--mnt=own) and linked QEMU to the launcher; domains and pods were defined and made before the clock started.')
+    const served = (kind) => Object.entries(paths[kind]).map(([p, n]) => `${n} by path ${p}`).join(', ')
+    notes.push(`Decision lines: standalone emulator ${served('qemu-kube')}; agent emulator ${served('agent')}.`)
     return [head, '', table(['concurrency', 'plain QEMU (s)', 'standalone (s)', 'ratio', 'agent (s)', 'ratio', 'standalone decision ms, median / max', 'agent decision ms, median / max'], rows),
       '', verdict, '', ...notes].join('\n')
   } finally {

@@ -82,7 +82,7 @@ function agentDir(mode = 0o700) {
 
 interface Agent { request(): string[]; proc: ChildProcess }
 
-async function startAgent(t: Test, mode: 'reply' | 'cut' | 'stale' | 'silent', reply: string[], extra: string[] = []): Promise<Agent> {
+async function startAgent(t: Test, mode: 'reply' | 'cut' | 'stale' | 'silent' | 'full', reply: string[], extra: string[] = []): Promise<Agent> {
   const dir = mkdtempSync('/var/tmp/qk-fa-agent-')
   t.teardown(() => rmSync(dir, { recursive: true, force: true }))
   writeFileSync(`${dir}/reply.json`, JSON.stringify(reply))
@@ -209,6 +209,16 @@ t.test('an agent that never answers: down:TIMEOUT after 30 s', async (t) => {
   const s = (Date.now() - started) / 1000
   standaloneArgv(t, r, 'down:TIMEOUT', QEMU_ARGS)
   t.ok(s >= 29.9 && s < 36, `the reply timeout is 30 s (took ${s.toFixed(1)} s)`)
+})
+
+t.test('an agent whose connect backlog is full: down:TIMEOUT after the 2 s send timeout', async (t) => {
+  agentDir()
+  await startAgent(t, 'full', [])
+  const started = Date.now()
+  const r = await runFront(QEMU_ARGS)
+  const s = (Date.now() - started) / 1000
+  standaloneArgv(t, r, 'down:TIMEOUT', QEMU_ARGS)
+  t.ok(s >= 1.9 && s < 6, `connect waited for the send timeout, 2 s (took ${s.toFixed(1)} s)`)
 })
 
 t.test('strict replies: each of these is MALFORMED and falls back', async (t) => {
