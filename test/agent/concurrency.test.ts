@@ -14,8 +14,8 @@ t.test(`${N} concurrent launches through the agent: all authorised, path agent, 
   const h = await agentLaunchSetup(t, { uids: N })
   const agent = await startAgent(t, h.inst)
   const vms = Array.from({ length: N }, (_, i) => h.vm(`c${i}`))
-  const toks = await Promise.all(vms.map((vm) => h.token(vm)))
-  const pods = await h.pods(vms, toks, 8)
+  const pods = await h.pods(vms, await Promise.all(vms.map((vm) => h.token(vm))), 8)
+  const toks = await Promise.all(vms.map((vm, i) => h.fresh(vm, pods[i]!)))
 
   const runs = await Promise.all(vms.map((vm, i) => h.run(vm, toks[i]!)))
 

@@ -14,7 +14,7 @@
 import t, { type Test } from 'tap'
 import type { ChildProcess } from 'node:child_process'
 import { requireRoot } from '../helpers/pod.ts'
-import { podmanUnavailable, rotateToken, type PodmanPod } from '../helpers/podman.ts'
+import { podmanUnavailable, type PodmanPod } from '../helpers/podman.ts'
 import {
   agentLaunchSetup, blockedIn, inPod, jtiOf, sleep, startAgent, type AgentLaunch, type AgentVm, type Launch,
 } from '../helpers/agent-launch.ts'
@@ -65,12 +65,12 @@ function noneHalfDone(t: Test, h: AgentLaunch, runs: readonly Launch[], pods: re
 t.test(`the agent killed with ${N} launches in flight`, { skip: podmanUnavailable() ?? false }, async (t) => {
   const h = await agentLaunchSetup(t, { uids: N })
   const vms = Array.from({ length: N }, (_, i) => h.vm(`f${i}`))
-  let toks = await Promise.all(vms.map((vm) => h.token(vm)))
-  const pods = await h.pods(vms, toks, 8)
+  const pods = await h.pods(vms, await Promise.all(vms.map((vm) => h.token(vm))), 8)
+  let toks: string[] = []
   const fresh = async () => {
-    toks = await Promise.all(vms.map((vm) => h.token(vm)))
-    pods.forEach((p, i) => rotateToken(p, toks[i]!))
+    toks = await Promise.all(vms.map((vm, i) => h.fresh(vm, pods[i]!)))
   }
+  await fresh()
 
   await t.test('killed before it accepted any: all 8 fall back to standalone (down:ECONNRESET) and run', async (t) => {
     const agent = await startAgent(t, h.inst)

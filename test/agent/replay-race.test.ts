@@ -14,7 +14,7 @@
 // ~100s of ms slower than the agent's answer), and the codes observed are printed.
 import t, { type Test } from 'tap'
 import { requireRoot } from '../helpers/pod.ts'
-import { podmanUnavailable, rotateToken } from '../helpers/podman.ts'
+import { podmanUnavailable } from '../helpers/podman.ts'
 import { agentLaunchSetup, inPod, jtiOf, sleep, startAgent, type Launch } from '../helpers/agent-launch.ts'
 
 if (!requireRoot(t, 'the agent is root, the front setuid root, the pods podman\'s')) process.exit(0)
@@ -26,11 +26,11 @@ t.test('one token, 4 launches through the agent and 4 standalone at once: one QE
   const b = h.twin()
   await startAgent(t, h.inst)
   const vm = h.vm('race')
-  let tok = await h.token(vm)
-  const pod = await h.pod(vm, tok)
+  const pod = await h.pod(vm, await h.token(vm))
   const seen: string[] = []
 
   for (const delayMs of [0, 150, 300]) {
+    const tok = await h.fresh(vm, pod)
     await t.test(`agent fronts started ${delayMs} ms after the standalone ones`, async (t: Test) => {
       const jti = jtiOf(tok)
       const standalone = Array.from({ length: 4 }, () => h.run(vm, tok, b.front).then((r) => ({ r, via: 'standalone' as const })))
@@ -50,8 +50,6 @@ t.test('one token, 4 launches through the agent and 4 standalone at once: one QE
       for (const { r, via } of all.filter((x) => x !== w)) refused(t, r, via, jti, vm.uid)
       seen.push(`${delayMs} ms: winner ${w.via}; ${all.filter((x) => x !== w).map(({ r, via }) => `${via}:${r.decision?.code}`).sort().join(' ')}`)
     })
-    tok = await h.token(vm)
-    rotateToken(pod, tok)
   }
   t.comment(`observed: ${seen.join(' | ')}`)
 })

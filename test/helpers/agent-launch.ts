@@ -7,6 +7,7 @@
 //   const vm = h.vm('a')                                a VM with its own uid from the range
 //   const tok = await h.token(vm)                       RS256, iat now, 60 s, unique jti
 //   const pod = await h.pod(vm, tok)                    a podman pod (destroyed at teardown)
+//   const tok2 = await h.fresh(vm, pod)                 a new token rotated into the pod (the kubelet's update)
 //   const run = h.run(vm, tok)                          the front as vm.uid; resolves a Launch
 import { spawn } from 'node:child_process'
 import { createHash, randomUUID } from 'node:crypto'
@@ -14,7 +15,7 @@ import { existsSync, readFileSync } from 'node:fs'
 import { SignJWT } from 'jose'
 import type { Test } from 'tap'
 import { FIXTURES, installTemp, type Installed } from './install.ts'
-import { makePodmanPod, type PodmanPod } from './podman.ts'
+import { makePodmanPod, rotateToken, type PodmanPod } from './podman.ts'
 import { AUD, ISS, rsaKey, tempDir, writeKey, type KeyPair } from './tokens.ts'
 
 export { startAgent, type RunningAgent } from './transport.ts'
@@ -48,6 +49,12 @@ export interface AgentLaunch {
   pod(vm: AgentVm, tok: string): Promise<PodmanPod>
   /** Pods for every VM, `batch` podman runs at a time (each takes ~0.4 s and a core). */
   pods(vms: readonly AgentVm[], toks: readonly string[], batch?: number): Promise<PodmanPod[]>
+  /**
+   * A new token for the VM, rotated into its pod's Secret volume. Launch with one minted just
+   * before: pods take seconds each under CI's load, and a token minted before them can be past
+   * its 60 s exp by the time the fronts run (every launch then refused ERR_TOKEN_EXPIRED).
+   */
+  fresh(vm: AgentVm, pod: PodmanPod): Promise<string>
   run(vm: AgentVm, tok: string, front?: string): Promise<Launch> & { pid: number }
   /** Another install with the very config (same keys, same state_dir): a second front, its own agent socket path. */
   twin(): Installed
@@ -100,6 +107,11 @@ export async function agentLaunchSetup(t: Test, opts: { uids: number; stateDir?:
         out.push(...await Promise.all(vms.slice(i, i + batch).map((vm, j) => h.pod(vm, toks[i + j]!))))
       }
       return out
+    },
+    async fresh(vm, pod) {
+      const tok = await h.token(vm)
+      rotateToken(pod, tok)
+      return tok
     },
     run: (vm, tok, front = inst.front) => runFront(front, vm, tok),
     twin() {
