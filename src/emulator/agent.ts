@@ -8,14 +8,15 @@
 // to the config or a key file: reload both; a reload that fails keeps what was loaded.
 // Every peer is a root process, but its bytes are checked as hostile all the same: a broken or
 // stuck front must cost only its own connection.
-import { chmodSync, lstatSync, mkdirSync, unlinkSync, watch, type FSWatcher } from 'node:fs'
+import { chmodSync, lstatSync, mkdirSync, unlinkSync } from 'node:fs'
 import { createConnection, createServer, type Server, type Socket } from 'node:net'
-import { basename, dirname } from 'node:path'
+import { dirname } from 'node:path'
 import { closeQuietly, answerLaunch, refusal, type AgentState, type Answer } from './agent-launch.ts'
 import { encodeReply, RequestParser, type AgentRequest } from './agent-protocol.ts'
 import { socketOps, type SocketOps } from './agent-socket.ts'
 import { ownCgroupProcs, warmCgroupLock } from './cgroup.ts'
 import { loadConfig } from './config.ts'
+import { FileWatch } from './file-watch.ts'
 import { asQkError, errnoOf, QkError } from './errors.ts'
 import { loadKeys } from './keys.ts'
 import { makeLogger, type Logger } from './log.ts'
@@ -76,23 +77,29 @@ export async function runAgent(o: AgentOptions = {}): Promise<number> {
   log.info({ socket: socketPath, config: configPath, keys: state.keys.length, procIndex: index?.mode }, 'agent listening')
 
   let reloadTimer: NodeJS.Timeout | undefined
-  let watchers: FSWatcher[] = []
+  const files = () => [configPath, ...state.config.token_public_keys]
+  // Watches are in place before "reloaded" is logged, so a write after that line is seen.
   const reload = (why: string) => {
     try {
       state = withIndex(load(configPath))
       log.level = state.config.log_level
-      log.info({ why, keys: state.keys.length }, 'agent reloaded config and keys')
     } catch (e) {
       const err = asQkError(e)
+      watch.update(files())
       log.error({ why, code: err.code, reason: err.message, hint: err.hint }, 'agent reload failed; keeping the previous config and keys')
+      return
     }
-    watchers = rewatch(watchers, [configPath, ...state.config.token_public_keys], schedule)
+    // A newly watched directory may have changed since we read it: read once more (the set is
+    // then the same, so this ends).
+    if (watch.update(files())) schedule('a newly watched key directory')
+    log.info({ why, keys: state.keys.length }, 'agent reloaded config and keys')
   }
   const schedule = (why: string) => {
     clearTimeout(reloadTimer)
     reloadTimer = setTimeout(() => reload(why), RELOAD_DEBOUNCE_MS)
   }
-  watchers = rewatch([], [configPath, ...state.config.token_public_keys], schedule)
+  const watch = new FileWatch(schedule)
+  watch.update(files())
   const onHup = () => schedule('SIGHUP')
   process.on('SIGHUP', onHup)
 
@@ -136,7 +143,7 @@ export async function runAgent(o: AgentOptions = {}): Promise<number> {
   }
   clearTimeout(reloadTimer)
   index?.close()
-  for (const w of watchers) w.close()
+  watch.close()
   process.off('SIGHUP', onHup)
   process.off('SIGTERM', onTerm)
   process.off('SIGINT', onInt)
@@ -187,33 +194,6 @@ function listen(server: Server, path: string): Promise<void> {
     server.once('error', (err) => rej(new QkError('ERR_OS', `cannot listen on ${path}: ${errnoOf(err) ?? 'error'}`, { path })))
     server.listen(path, () => res())
   })
-}
-
-/**
- * Watches the directories (an atomic replace by rename changes the file's inode, which a watch
- * on the file itself would miss), filtered by the names we read.
- */
-function rewatch(old: FSWatcher[], files: readonly string[], changed: (why: string) => void): FSWatcher[] {
-  for (const w of old) w.close()
-  const byDir = new Map<string, Set<string>>()
-  for (const f of files) {
-    const names = byDir.get(dirname(f)) ?? new Set<string>()
-    names.add(basename(f))
-    byDir.set(dirname(f), names)
-  }
-  const watchers: FSWatcher[] = []
-  for (const [dir, names] of byDir) {
-    try {
-      const w = watch(dir, { persistent: false }, (_event, name) => {
-        if (name === null || names.has(String(name))) changed(`${dir}/${name ?? '?'} changed`)
-      })
-      w.on('error', () => {})
-      watchers.push(w)
-    } catch {
-      // A directory that cannot be watched still reloads on SIGHUP.
-    }
-  }
-  return watchers
 }
 
 /** One connection: who, the request (bounded), the answer, the fds closed. */

@@ -207,6 +207,7 @@ t.test('keys reload: replacing the key file, SIGHUP; a failed reload keeps the o
   t.equal(hup.keys, 1)
   t.ok(reloads() > m)
 
+  t.teardown(() => inst.writeConfig(config)) // a failure below must not leave the next subtests a broken config
   writeFileSync(inst.configPath, 'this is = = not toml\n')
   const failed = await agent.waitFor((l) => l.msg === 'agent reload failed; keeping the previous config and keys', 'failed reload line')
   t.equal(failed.code, 'ERR_CONFIG_SYNTAX')
