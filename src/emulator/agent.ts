@@ -16,8 +16,8 @@ import { encodeReply, RequestParser, type AgentRequest } from './agent-protocol.
 import { socketOps, type SocketOps } from './agent-socket.ts'
 import { ownCgroupProcs, warmCgroupLock } from './cgroup.ts'
 import { loadConfig } from './config.ts'
-import { FileWatch } from './file-watch.ts'
 import { asQkError, errnoOf, QkError } from './errors.ts'
+import { FileWatch } from './file-watch.ts'
 import { loadKeys } from './keys.ts'
 import { makeLogger, type Logger } from './log.ts'
 import { openProcIndex, type ProcIndex } from './proc-index.ts'
@@ -85,7 +85,6 @@ export async function runAgent(o: AgentOptions = {}): Promise<number> {
       log.level = state.config.log_level
     } catch (e) {
       const err = asQkError(e)
-      watch.update(files())
       log.error({ why, code: err.code, reason: err.message, hint: err.hint }, 'agent reload failed; keeping the previous config and keys')
       return
     }

@@ -56,12 +56,12 @@ export class FileWatch {
 
   private open(dir: string, names: Set<string>): Watched | undefined {
     try {
-      const entry: Watched = { watcher: undefined as unknown as FSWatcher, names }
+      // The names are looked up at each event, so an update() of the set needs no new watch.
       const watcher = this.watchFn(dir, { persistent: false }, (_event, name) => {
-        if (name === null || entry.names.has(String(name))) this.changed(`${dir}/${name ?? '?'} changed`)
+        if (name === null || this.dirs.get(dir)?.names.has(String(name))) this.changed(`${dir}/${name ?? '?'} changed`)
       })
       watcher.on('error', () => {})
-      return Object.assign(entry, { watcher })
+      return { watcher, names }
     } catch {
       // A directory that cannot be watched still reloads on SIGHUP.
       return undefined

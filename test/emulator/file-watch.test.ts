@@ -1,6 +1,6 @@
 import t from 'tap'
 import { EventEmitter } from 'node:events'
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { mkdtempSync, renameSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { FileWatch, type WatchFn } from '../../src/emulator/file-watch.ts'
@@ -60,7 +60,6 @@ t.test('real inotify: a rename into the directory is seen, other names are not',
   w.update([join(dir, 'conf')])
   writeFileSync(join(dir, 'unrelated'), 'x')
   writeFileSync(join(dir, 'conf.tmp'), 'y')
-  const { renameSync } = await import('node:fs')
   renameSync(join(dir, 'conf.tmp'), join(dir, 'conf'))
   const until = Date.now() + 5000
   while (seen.length === 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 20))
